@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Problem:
     file: str
-    line: int | None  # 1-based line in a JSONL file; None for a whole-file JSON document
+    line: int | str | None  # 1-based line in a JSONL file, "item i" in a JSON list, None for one JSON clip
     clip: str | None  # clip id, when known
     field: str | None  # path of the offending field in the source record, e.g. conversation[7].time
     reason: str
@@ -20,7 +20,7 @@ class Problem:
     def __str__(self) -> str:
         where = [self.file]
         if self.line is not None:
-            where.append(f"line {self.line}")
+            where.append(f"line {self.line}" if isinstance(self.line, int) else self.line)
         if self.clip is not None:
             where.append(f"clip {self.clip}")
         head = ", ".join(where)
@@ -39,7 +39,7 @@ class ClipFormatError(ValueError):
 class Problems(list):
     """Problems found while reading one record; `where` fixes file, line and clip for what is added."""
 
-    def __init__(self, file: str, line: int | None = None, clip: str | None = None):
+    def __init__(self, file: str, line: int | str | None = None, clip: str | None = None):
         super().__init__()
         self.file, self.line, self.clip = file, line, clip
 

@@ -1,27 +1,48 @@
 """Frame sources with random access by absolute frame index.
 
-ProAssist frame files (`frames/<video>.arrow`: one row per frame at the clip's fps, column `frame` holding a
-base64 JPEG, Arrow IPC stream written by datasets' ArrowWriter) are read memory-mapped; nothing is decoded
-until a frame is asked for.
+Three kinds, one interface (`FrameSource`): ProAssist frame files (`frames/<video>.arrow`: one row per frame
+at the clip's fps, column `frame` holding a base64 JPEG, Arrow IPC stream written by datasets' ArrowWriter),
+read memory-mapped; a folder of images, one per frame; a video file, sampled at the clip's fps. Nothing is
+decoded until a frame is asked for. Sources do not resize or normalise: that belongs to the model's image
+processor.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
+import av
 from datasets import Dataset, Features, Value
 from datasets.arrow_writer import ArrowWriter
 from PIL import Image
 
 ARROW_FEATURES = Features({"frame": Value("string")})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
+)
 
 
 class FrameSourceError(ValueError):
     """A frames source that is missing, unreadable or not what its extension says."""
+
+
+class FrameSource(Protocol):
+    """Frames of one video by absolute index: frame i is the picture at time i / fps."""
+
+    path: Path
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Image.Image: ...
 
 
 class ArrowFrames:
@@ -67,10 +88,144 @@ def write_arrow_frames(path: Path, images: Iterable[Image.Image]) -> int:
     return n
 
 
+class ImageFolderFrames:
+    """A folder of images: frame i = i-th file in natural order, so frame_2 comes before frame_10."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
+            raise FrameSourceError(f"{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder")
+        self.files = sorted(files, key=lambda p: _natural_key(p.name))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.path}: frame {index} outside [0, {len(self)})")
+        try:
+            with Image.open(self.files[index]) as image:
+                return image.convert("RGB")
+        except OSError as e:
+            raise FrameSourceError(f"{self.files[index]}: not a readable image ({e})") from e
+
+
+def _natural_key(name: str) -> list[Any]:
+    # re.split with a group alternates text and digit runs, so keys compare str with str and int with int
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
+class VideoFileFrames:
+    """A video file sampled at `fps`: frame i is the last decoded picture shown at or before time i / fps.
+
+    Video decodes only forward from a keyframe, so random access seeks to the keyframe before the target and
+    decodes on; the decoder position is kept so that reading i, i+1, ... (the common case) never re-seeks.
+    """
+
+    EPS = 1e-4  # seconds; absorbs the rounding of timestamps to the stream's time base
+    MAX_FORWARD = 2.0  # seconds; decoding further forward than this usually costs more than a seek
+
+    def __init__(self, path: Path, fps: float):
+        if not fps > 0:
+            raise FrameSourceError(f"{path}: fps must be > 0 to sample a video file, got {fps}")
+        self.path = path
+        self.fps = fps
+        self._open()
+        self._length = math.floor(self._duration() * fps + self.EPS)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Image.Image:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.path}: frame {index} outside [0, {len(self)})")
+        if self._pid != os.getpid():  # forked (DataLoader worker): the file offset is shared with the parent
+            self._open()
+        target = index / self.fps + self.EPS
+        try:
+            if self._current is None or not self._current[0] <= target <= self._current[0] + self.MAX_FORWARD:
+                self._seek(target)
+            while self._next is not None and self._next[0] <= target:
+                self._current, self._next = self._next, next(self._frames, None)
+        except av.FFmpegError as e:
+            raise FrameSourceError(f"{self.path}: decoding frame {index} failed ({e})") from e
+        assert self._current is not None  # _seek raises when nothing decodes
+        return self._current[1].to_image()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a decoder cannot be pickled; the copy reopens the file on first use
+        return {"path": self.path, "fps": self.fps, "_length": self._length, "_pid": None}
+
+    def _open(self) -> None:
+        try:
+            self._container = av.open(str(self.path))
+        except av.FFmpegError as e:
+            raise FrameSourceError(f"{self.path}: not a readable video file ({e})") from e
+        if not self._container.streams.video:
+            self._container.close()
+            raise FrameSourceError(f"{self.path}: no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._start = self._stream.start_time or 0  # pts of time 0, in stream time base
+        self._pid = os.getpid()
+        self._frames: Iterator[tuple[float, av.VideoFrame]] = iter(())
+        self._current: tuple[float, av.VideoFrame] | None = None  # last decoded (time, frame)
+        self._next: tuple[float, av.VideoFrame] | None = None  # the one after, pulled from the decoder
+
+    def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        for frame in self._container.decode(self._stream):
+            pts = frame.pts if frame.pts is not None else frame.dts
+            if pts is not None:
+                yield float((pts - self._start) * self._stream.time_base), frame
+
+    def _seek(self, target: float) -> None:
+        # seek lands on the keyframe at or before target; if an imprecise index lands after it, start over
+        for seconds in (target, 0.0):
+            self._container.seek(self._start + int(seconds / self._stream.time_base), stream=self._stream)
+            self._frames = self._decode()
+            self._current, self._next = next(self._frames, None), next(self._frames, None)
+            if self._current is not None and self._current[0] <= target:
+                return
+        if self._current is None:
+            raise FrameSourceError(f"{self.path}: no decodable video frame")
+
+    def _duration(self) -> float:
+        """Seconds of video: from the stream header, else the container's, else by decoding it all."""
+        stream, container = self._stream, self._container
+        if stream.duration:
+            return float(stream.duration * stream.time_base)
+        if container.duration:
+            return container.duration / av.time_base
+        rate = stream.guessed_rate or self.fps  # for a frame that does not say how long it is shown
+        end = None
+        try:
+            for time, frame in self._decode():
+                end = time + float(frame.duration * frame.time_base if frame.duration else 1 / rate)
+        except av.FFmpegError as e:
+            raise FrameSourceError(f"{self.path}: not a readable video file ({e})") from e
+        container.close()
+        self._open()  # rewind: the next read starts from a fresh decoder
+        if end is None:
+            raise FrameSourceError(f"{self.path}: no decodable video frame")
+        return end
+
+
 @lru_cache(maxsize=64)
-def open_frames(path: Path, fps: float) -> ArrowFrames:
-    """The frames source at `path` (cached: clips of one video share it). `fps` matters for video files."""
+def open_frames(path: Path, fps: float) -> FrameSource:
+    """The frames source at `path` (cached: clips of one video share it). `fps` matters for video files only:
+    Arrow files and image folders already hold one picture per frame."""
     path = Path(path)
     if not path.exists():
         raise FrameSourceError(f"{path}: frames source does not exist")
-    return ArrowFrames(path)
+    if path.is_dir():
+        return ImageFolderFrames(path)
+    suffix = path.suffix.lower()
+    if suffix == ".arrow":
+        return ArrowFrames(path)
+    if suffix in VIDEO_EXTENSIONS:
+        return VideoFileFrames(path, fps)
+    raise FrameSourceError(
+        f"{path}: unsupported frames source; expected a .arrow frames file, a folder of images or a video "
+        f"({', '.join(sorted(VIDEO_EXTENSIONS))})"
+    )

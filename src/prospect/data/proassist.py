@@ -1,0 +1,123 @@
+"""Importer for upstream ProAssist "prepared" clips (DESIGN.md 2.2), keeping their frame alignment exactly.
+
+Each turn is decided after the last frame of the frames turn before it, whatever its `time` says (upstream
+pushes a turn one frame later when it would share a frame with the previous one). Turns without a time (system
+prompts, the knowledge turn, the trailing summary) take the later of the previous event's time and the time
+their frame completes, so times stay monotone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prospect.data.checks import FieldNames, check_clip
+from prospect.data.clip import Clip, Event, Task, Video
+from prospect.data.errors import Problems
+from prospect.data.fields import field
+from prospect.data.timebase import frame_end_time
+
+NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx", source="frames_file",
+                   steps="dst", initial_state="initial_dst_state", text="content", updates="content")
+_TOP_LEVEL = {"dataset": "string", "video_uid": "string", "clip_idx": "integer", "frames_file": "string",
+              "start_frame_idx": "integer", "end_frame_idx": "integer", "conversation": "array",
+              "fps": "number", "metadata": "object"}
+_SIZES = ("max_seq_len", "seq_len", "num_tokens_per_img", "use_img_sep_token")
+
+
+def is_proassist(record: dict) -> bool:
+    turns = record.get("conversation")
+    return isinstance(turns, list) and any(isinstance(t, dict) and t.get("role") == "frames" for t in turns) \
+        or isinstance(record.get("metadata"), dict) and "user_type" in record["metadata"]
+
+
+def read_proassist(record: dict, problems: Problems, root: Path | None) -> Clip | None:
+    """Clip from one prepared ProAssist record, or None after adding its problems."""
+    top = {key: field(record, key, kind, problems, key) for key, kind in _TOP_LEVEL.items()}
+    if top["video_uid"] is not None and top["clip_idx"] is not None:
+        problems.clip = f"{top['video_uid']}/{top['clip_idx']}"
+    if None in top.values():
+        return None
+    meta = top["metadata"]
+    events = _events(top["conversation"], top["start_frame_idx"], top["end_frame_idx"], top["fps"], problems)
+    if events is None:
+        return None
+    _mark_summary(events, meta, problems)
+    clip = Clip(
+        id=problems.clip,
+        dataset=top["dataset"],
+        video=Video(top["frames_file"], top["fps"], top["start_frame_idx"], top["end_frame_idx"]),
+        task=Task(goal=_meta_text(meta, "task_goal", problems), knowledge=_meta_text(meta, "knowledge", problems)),
+        events=events,
+        metadata={**meta, "source_format": "proassist", **{k: record[k] for k in _SIZES if k in record}},
+        root=root,
+    )
+    check_clip(clip, problems, NAMES)
+    return clip
+
+
+def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -> list[Event] | None:
+    events: list[Event] = []
+    next_frame = start  # where the next frames turn must start
+    last_time = start / fps if fps > 0 else 0.0
+    n_before = len(problems)
+    for i, turn in enumerate(turns):
+        where = f"conversation[{i}]"
+        if not isinstance(turn, dict):
+            problems.add(where, f"expected an object, got {type(turn).__name__}")
+            continue
+        role = field(turn, "role", "string", problems, f"{where}.role")
+        if role == "frames":
+            a = field(turn, "start", "integer", problems, f"{where}.start")
+            b = field(turn, "end", "integer", problems, f"{where}.end")
+            if a is None or b is None:
+                continue
+            if a != next_frame:
+                problems.add(f"{where}.start", f"frames turn starts at {a} but "
+                             + (f"the clip starts at {start}" if not events and next_frame == start
+                                else f"the previous frames turn ended at {next_frame}")
+                             + " (frames turns must be contiguous)")
+            if b <= a:
+                problems.add(f"{where}.end", f"frames turn [{a}, {b}) holds no frame")
+            next_frame = b
+            continue
+        if role not in ("system", "user", "assistant"):
+            if role is not None:
+                problems.add(f"{where}.role", f"unknown role {role!r} (expected system, user, assistant, frames)")
+            continue
+        text = field(turn, "content", "string", problems, f"{where}.content")
+        time = field(turn, "time", "number", problems, f"{where}.time", default=None)
+        frame = next_frame - 1
+        if time is None:
+            time = max(last_time, frame_end_time(frame, fps)) if fps > 0 else last_time
+        last_time = time
+        events.append(Event(
+            role=role, time=time, frame=frame, text=text or "",
+            labels=_optional(turn, "labels", problems, where), progress=_optional(turn, "progress", problems, where),
+            source=where,
+        ))
+    if not turns:
+        problems.add("conversation", "empty conversation")
+    elif next_frame != end:
+        problems.add("end_frame_idx", f"{end} but the last frames turn ends at {next_frame}")
+    return None if len(problems) > n_before else events
+
+
+def _mark_summary(events: list[Event], meta: dict, problems: Problems) -> None:
+    """Non-final splits end with a summarize request (system) and the progress summary (assistant)."""
+    if not meta.get("has_summary"):
+        return
+    if len(events) >= 2 and events[-2].role == "system" and events[-1].role == "assistant":
+        events[-2].kind, events[-1].kind = "summarize_request", "summary"
+    else:
+        problems.add("metadata.has_summary", "true, but the conversation does not end with a summarize request "
+                     "(system turn) followed by the summary (assistant turn)")
+
+
+def _optional(turn: dict, key: str, problems: Problems, where: str) -> str | None:
+    return field(turn, key, "string", problems, f"{where}.{key}", default=None)
+
+
+def _meta_text(meta: dict, key: str, problems: Problems) -> str:
+    if meta.get(key) is None:  # absent or null: the clip simply has no goal / knowledge
+        return ""
+    return field(meta, key, "string", problems, f"metadata.{key}") or ""
