@@ -56,11 +56,18 @@ def _check_steps(clip: Clip, problems: Problems, names: FieldNames) -> None:
         if step.id in seen:
             problems.add(f"{names.steps}[{i}].id", f"duplicate step id {step.id!r}")
         seen.add(step.id)
-    for step_id, state in clip.task.initial_state.items():
-        if step_id not in seen:
-            problems.add(f"{names.initial_state}.{step_id}", f"unknown step id {step_id!r}")
-        elif state not in STATES:
-            problems.add(f"{names.initial_state}.{step_id}", f"unknown state {state!r} (use {', '.join(STATES)})")
+    check_state(clip.task.initial_state, seen, problems, names.initial_state)
+
+
+def check_state(state: dict, step_ids: set[str], problems: Problems, where: str) -> bool:
+    """Every entry of a DST state names a known step and a known state; False after adding problems."""
+    n_before = len(problems)
+    for step_id, value in state.items():
+        if step_id not in step_ids:
+            problems.add(f"{where}.{step_id}", f"unknown step id {step_id!r}")
+        elif value not in STATES:
+            problems.add(f"{where}.{step_id}", f"unknown state {value!r} (use {', '.join(STATES)})")
+    return len(problems) == n_before
 
 
 def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:

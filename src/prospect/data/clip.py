@@ -7,6 +7,7 @@ Reading and checking live in load.py / checks.py; this module only holds the dat
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,10 @@ class Clip:
         return [e for e in self.events if e.frame == frame]
 
     def to_dict(self, root: Path | None = None) -> dict[str, Any]:
-        """JSON form; with `root`, the frames source is written relative to it (or absolute elsewhere)."""
+        """JSON form; with `root`, the frames source is written relative to that folder."""
         source = self.video.source
         if root is not None:
-            source = _relative_to(self.frames_path.resolve(), Path(root).resolve())
+            source = os.path.relpath(self.frames_path.resolve(), Path(root).resolve())
         task = self.task
         return {
             "format": FORMAT,
@@ -134,10 +135,3 @@ class Clip:
             "events": [e.to_dict() for e in self.events],
             "metadata": self.metadata,
         }
-
-
-def _relative_to(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)

@@ -36,9 +36,11 @@ FEATURES = datasets.Features({
 def _rows(path: str, root: str | None, digest: str):
     # `digest` is unused here: it is part of gen_kwargs so that the cache key changes with the file content.
     for clip in load_clips(path, root, check_frames=True):
-        yield {"id": clip.id, "dataset": clip.dataset, "frames_path": str(clip.frames_path.resolve()),
+        frames_path = str(clip.frames_path.resolve())
+        clip.video.source = frames_path  # absolute, so the cached row does not depend on where it is read
+        yield {"id": clip.id, "dataset": clip.dataset, "frames_path": frames_path,
                "fps": clip.fps, "start_frame": clip.video.start_frame, "end_frame": clip.video.end_frame,
-               "num_events": len(clip.events), "clip": json.dumps(clip.to_dict(root=Path("/")))}
+               "num_events": len(clip.events), "clip": json.dumps(clip.to_dict())}
 
 
 class ClipDataset:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prospect.data.checks import FieldNames, check_clip
+from prospect.data.checks import FieldNames, check_clip, check_state
 from prospect.data.clip import Clip, Event, Step, Task, Video
-from prospect.data.dst import STATES, StepUpdate, TransitionError, apply_updates
+from prospect.data.dst import StepUpdate, TransitionError, apply_updates
 from prospect.data.errors import Problems
 from prospect.data.fields import field
 from prospect.data.timebase import frame_at
@@ -32,10 +32,10 @@ def is_dst_clip(record: dict) -> bool:
 
 def read_dst_clip(record: dict, problems: Problems, root: Path | None) -> Clip | None:
     """Clip from one DST clip record, or None after adding its problems."""
-    top = {key: field(record, key, kind, problems, key) for key, kind in _TOP_LEVEL.items()}
     clip_idx = field(record, "clip_idx", "integer", problems, "clip_idx", default=0)
-    if top["video_uid"] is not None:
-        problems.clip = f"{top['video_uid']}/{clip_idx}"
+    if isinstance(record.get("video_uid"), str):
+        problems.clip = f"{record['video_uid']}/{clip_idx}"
+    top = {key: field(record, key, kind, problems, key) for key, kind in _TOP_LEVEL.items()}
     if None in top.values() or clip_idx is None:
         return None
     steps = _steps(top["dst"], problems)
@@ -43,9 +43,8 @@ def read_dst_clip(record: dict, problems: Problems, root: Path | None) -> Clip |
     fps, start = top["fps"], top["start_frame_idx"]
     if not fps > 0:
         problems.add("fps", f"fps must be positive, got {fps}")
-        return None
     events = _events(top["conversation"], fps, start, initial, problems)
-    if steps is None or initial is None or events is None:
+    if problems:
         return None
     clip = Clip(
         id=problems.clip,
@@ -89,15 +88,15 @@ def _steps(items: list, problems: Problems) -> list[Step] | None:
 
 def _initial_state(record: dict, steps: list[Step] | None, problems: Problems) -> dict[str, str] | None:
     given = field(record, "initial_dst_state", "object", problems, "initial_dst_state", default={})
-    if given is None or steps is None:
+    if given is None or steps is None or not check_state(given, {s.id for s in steps}, problems, "initial_dst_state"):
         return None
-    # Unknown ids and states in `given` are reported by check_clip; steps it omits have not started.
-    return {**{s.id: "not_started" for s in steps}, **given}
+    return {**{s.id: "not_started" for s in steps}, **given}  # steps it omits have not started
 
 
 def _events(turns: list, fps: float, start: int, state: dict[str, str] | None,
             problems: Problems) -> list[Event] | None:
     events: list[Event] = []
+    fps = fps if fps > 0 else 1.0  # a bad fps is reported by the caller; read on to list every other problem
     last_time = start / fps
     n_before = len(problems)
     for i, turn in enumerate(turns):
@@ -156,14 +155,12 @@ def _updates(turn: dict, where: str, problems: Problems) -> list[StepUpdate] | N
 
 
 def _check_dst_state(turn: dict, where: str, state: dict[str, str] | None, problems: Problems) -> None:
-    given = field(turn, "dst_state", "object", problems, f"{where}.dst_state", default=None)
-    if given is None or state is None:
+    if turn.get("dst_state") is None:  # absent or null: nothing to compare
+        return
+    given = field(turn, "dst_state", "object", problems, f"{where}.dst_state")
+    if given is None or state is None or not check_state(given, set(state), problems, f"{where}.dst_state"):
         return
     for step_id, value in given.items():
-        if step_id not in state:
-            problems.add(f"{where}.dst_state.{step_id}", f"unknown step id {step_id!r}")
-        elif value not in STATES:
-            problems.add(f"{where}.dst_state.{step_id}", f"unknown state {value!r} (use {', '.join(STATES)})")
-        elif state[step_id] != value:
+        if state[step_id] != value:
             problems.add(f"{where}.dst_state.{step_id}", f"says {value} but the updates so far give "
                          f"{state[step_id]}")

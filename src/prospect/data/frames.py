@@ -26,9 +26,7 @@ from PIL import Image
 
 ARROW_FEATURES = Features({"frame": Value("string")})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
-)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"})
 
 
 class FrameSourceError(ValueError):

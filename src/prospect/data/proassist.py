@@ -32,9 +32,9 @@ def is_proassist(record: dict) -> bool:
 
 def read_proassist(record: dict, problems: Problems, root: Path | None) -> Clip | None:
     """Clip from one prepared ProAssist record, or None after adding its problems."""
+    if isinstance(record.get("video_uid"), str):
+        problems.clip = f"{record['video_uid']}/{record.get('clip_idx')}"
     top = {key: field(record, key, kind, problems, key) for key, kind in _TOP_LEVEL.items()}
-    if top["video_uid"] is not None and top["clip_idx"] is not None:
-        problems.clip = f"{top['video_uid']}/{top['clip_idx']}"
     if None in top.values():
         return None
     meta = top["metadata"]
@@ -58,6 +58,7 @@ def read_proassist(record: dict, problems: Problems, root: Path | None) -> Clip 
 def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -> list[Event] | None:
     events: list[Event] = []
     next_frame = start  # where the next frames turn must start
+    seen_frames = False
     last_time = start / fps if fps > 0 else 0.0
     n_before = len(problems)
     for i, turn in enumerate(turns):
@@ -73,12 +74,12 @@ def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -
                 continue
             if a != next_frame:
                 problems.add(f"{where}.start", f"frames turn starts at {a} but "
-                             + (f"the clip starts at {start}" if not events and next_frame == start
-                                else f"the previous frames turn ended at {next_frame}")
+                             + (f"the previous frames turn ended at {next_frame}" if seen_frames
+                                else f"the clip starts at {start}")
                              + " (frames turns must be contiguous)")
             if b <= a:
                 problems.add(f"{where}.end", f"frames turn [{a}, {b}) holds no frame")
-            next_frame = b
+            next_frame, seen_frames = b, True
             continue
         if role not in ("system", "user", "assistant"):
             if role is not None:

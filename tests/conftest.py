@@ -1,0 +1,99 @@
+"""Shared test data: hand-written clips in each supported format, written beside real frames files."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from prospect.data.frames import write_arrow_frames
+
+SYSTEM = "You are a proactive assistant. Help the user with the task."
+
+# A ProAssist prepared clip (DESIGN.md 2.2): frames 11..17 of video "vid", two pushed turns.
+PROASSIST = {
+    "dataset": "ego4d", "video_uid": "vid", "clip_idx": 0, "frames_file": "frames/vid.arrow",
+    "max_seq_len": 4096, "seq_len": 321, "num_tokens_per_img": 1, "use_img_sep_token": False,
+    "start_frame_idx": 11, "end_frame_idx": 19, "fps": 2,
+    "metadata": {"user_type": "novice", "user_id": "novice_0", "task_goal": "make tea",
+                 "knowledge": "1. Boil water. 2. Steep the tea.", "progress": None, "add_knowledge": True,
+                 "has_summary": False, "summary_only": False, "quality": 4.0},
+    "conversation": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "frames", "start": 11, "end": 15},
+        {"role": "user", "time": 7.8, "content": "I want to make tea.", "labels": ""},
+        {"role": "system", "content": "Task knowledge: 1. Boil water. 2. Steep the tea."},
+        # 7.9 s is frame floor(15.8) = 15 = the previous end, so upstream pushed the turn one frame later
+        {"role": "frames", "start": 15, "end": 16},
+        {"role": "assistant", "time": 7.9, "content": "Great, first boil some water.",
+         "labels": "initiative|instruction", "progress": "The time elapsed is 7.9 seconds."},
+        {"role": "frames", "start": 16, "end": 19},
+        {"role": "assistant", "time": 9.6, "content": "Now steep the tea.", "labels": "initiative|instruction",
+         "progress": "Water is boiled."},
+    ],
+}
+
+
+def proassist_split(clip_idx: int) -> dict:
+    """A later / non-final split: summary in the first system turn, summarize request and summary at the end."""
+    rec = copy.deepcopy(PROASSIST)
+    rec["clip_idx"] = clip_idx
+    rec["metadata"].update(has_summary=True, progress="Water boiled, tea steeping.")
+    rec["conversation"][0]["content"] = f"{SYSTEM} Progress so far: kettle filled. Task knowledge: 1. Boil water."
+    rec["conversation"][-1]["time"] = 9.1  # frame 17 so that the summary frames turn [18, 19) fits
+    rec["conversation"][-2]["end"] = 18
+    rec["conversation"] += [
+        {"role": "system", "content": "Please summarize the progress."},
+        {"role": "frames", "start": 18, "end": 19},
+        {"role": "assistant", "content": "Water boiled, tea steeping."},
+    ]
+    return rec
+
+
+# A DST clip (DESIGN.md 2.3), with the per-turn frame fields deliberately wrong (they must be ignored).
+DST = {
+    "video_uid": "asm", "inferred_goal": "Assemble a toy car",
+    "inferred_knowledge": "1. Attach the chassis. 2. Attach the wheels. 3. Add the cabin.",
+    "conversation": [
+        {"role": "system", "content": SYSTEM, "start_frame": 0, "end_frame": 1},
+        {"role": "DST_UPDATE", "content": [{"id": "S1", "transition": "start"}], "time": 10.2,
+         "start_frame": 3, "end_frame": 5, "dst_state": {"S1": "not_started"}},
+        {"role": "user", "content": "I want to assemble a toy car.", "time": 10.2, "dst_state": {"S1": "in_progress"}},
+        {"role": "assistant", "content": "First attach the chassis.", "time": 10.2, "start_frame": 99},
+        {"role": "DST_UPDATE", "content": [{"id": "S1", "transition": "complete"},
+                                           {"id": "S2", "transition": "start"}], "time": 14.9},
+        {"role": "assistant", "content": "Now the wheels.", "time": 15.0, "speaking": 1, "dst_update": 0},
+        {"role": "DST_UPDATE", "content": [{"id": "S2", "transition": "complete"}], "time": 19.95,
+         "dst_state": {"S1": "completed", "S2": "in_progress"}},
+    ],
+    "dst": [
+        {"type": "step", "id": "S1", "name": "Attach the chassis.", "start_ts": 10.2, "end_ts": 14.9},
+        {"type": "step", "id": "S2", "name": "Attach the wheels.", "start_ts": 14.9, "end_ts": 19.95},
+        {"type": "step", "id": "S3", "name": "Add the cabin.", "start_ts": 19.95, "end_ts": 22.0},
+    ],
+    "frames_file": "frames/asm.arrow", "start_frame_idx": 19, "end_frame_idx": 44, "seq_len": 500,
+    "dataset": "assembly101", "clip_idx": 0, "max_seq_len": 4096, "num_tokens_per_img": 1, "fps": 2,
+    "quality": 3.5,
+}
+
+
+def write_frames(root: Path, name: str, n: int) -> Path:
+    path = root / "frames" / f"{name}.arrow"
+    write_arrow_frames(path, (Image.new("RGB", (16, 16), (i % 256, 0, 0)) for i in range(n)))
+    return path
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A dataset root with frames for the clips above (vid: 30 frames, asm: 50 frames)."""
+    write_frames(tmp_path, "vid", 30)
+    write_frames(tmp_path, "asm", 50)
+    return tmp_path
