@@ -1,0 +1,179 @@
+"""The one sequence builder: a clip becomes token ids, frame slots, decision positions and the targets of the
+four losses. Training and streaming inference both render through these methods, so prompts are identical.
+
+Layout (SmolVLM chat tokens; k image tokens per frame):
+
+    <|im_start|>System: {system prompt}\\nSteps: ...\\nState: ...[\\nProgress: ...]<end_of_utterance>
+    per frame:  <fake_token_around_image><global-img><image>*k<fake_token_around_image>
+                [<|im_start|>User: {text}<end_of_utterance>]...      inputs decided after this frame
+                                                                     <- decision position (last input token)
+                [<|im_start|>DST: S1->complete; S2->start<end_of_utterance>]     DST-gen loss on the body
+                [<|im_start|>Assistant: {text}<end_of_utterance>]                LM loss on the body
+
+The heads read the hidden state at the decision position: speaking = an assistant turn follows this frame,
+DST update = a DST turn follows. Headers (`<|im_start|>Assistant:`) are inputs that the decision triggers; the
+body and its end-of-turn token are learned. Within a frame, inputs (user, system) come before outputs (DST,
+then assistant), as in streaming. Long clips are split at frame boundaries; each later split's prompt carries
+the DST state and the latest progress summary at the split point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prospect.data.clip import Clip, Event
+from prospect.data.dst import apply_updates
+
+END_OF_TURN = "<end_of_utterance>"
+TURN_START = "<|im_start|>"
+IMAGE = "<image>"
+AROUND_IMAGE = "<fake_token_around_image>"
+GLOBAL_IMAGE = "<global-img>"
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "dst": "DST"}
+INPUT_ROLES = ("system", "user")
+IGNORE = -100
+DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video, keep track of the task steps, "
+                         "and speak when guidance helps.")
+
+
+@dataclass
+class Sequence:
+    """One training sequence (a clip, or one split of a long clip)."""
+
+    clip_id: str
+    input_ids: list[int] = field(default_factory=list)
+    lm_targets: list[int] = field(default_factory=list)  # target of the prediction AT each position, or IGNORE
+    dst_targets: list[int] = field(default_factory=list)  # same, for DST update text
+    frames: list[int] = field(default_factory=list)  # absolute frame index of each frame slot, in order
+    decision_positions: list[int] = field(default_factory=list)  # per frame
+    speaking: list[int] = field(default_factory=list)  # per frame: 1 if an assistant turn follows
+    dst_update: list[int] = field(default_factory=list)  # per frame: 1 if a DST turn follows
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def append(self, ids: list[int], learned: str | None = None) -> None:
+        """Append tokens; with `learned` ("lm" or "dst") every appended token is a target of that loss."""
+        for targets, kind in ((self.lm_targets, "lm"), (self.dst_targets, "dst")):
+            if self.input_ids:  # the previous position predicts the first appended token
+                targets[-1] = ids[0] if learned == kind else targets[-1]
+            targets.extend(ids[1:] if learned == kind else [IGNORE] * (len(ids) - 1))
+            targets.append(IGNORE)
+        self.input_ids.extend(ids)
+
+
+class SequenceBuilder:
+    """Renders clips for a tokenizer with `tokens_per_frame` image tokens per frame."""
+
+    def __init__(self, tokenizer, tokens_per_frame: int, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                 max_seq_len: int | None = None):
+        self.tokenizer = tokenizer
+        self.tokens_per_frame = tokens_per_frame
+        self.system_prompt = system_prompt
+        self.max_seq_len = max_seq_len
+        ids = tokenizer.convert_tokens_to_ids([AROUND_IMAGE, GLOBAL_IMAGE, IMAGE, END_OF_TURN])
+        self.around_image_id, self.global_image_id, self.image_id, self.end_of_turn_id = ids
+        self._frame_ids = [self.around_image_id, self.global_image_id] + [self.image_id] * tokens_per_frame + [
+            self.around_image_id]
+
+    # -- pieces shared with the streaming generator --------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def prompt_ids(self, clip: Clip, state: dict[str, str], progress: str | None = None) -> list[int]:
+        """The system prompt with the task steps, the DST state and (for later splits) the progress summary."""
+        lines = [self.system_prompt]
+        if clip.task.steps:
+            lines.append("Steps: " + "; ".join(f"{s.id} = {s.name}" for s in clip.task.steps))
+            lines.append("State: " + "; ".join(f"{k} {v}" for k, v in state.items()))
+        if progress:
+            lines.append(f"Progress: {progress}")
+        return self.encode(f"{TURN_START}System: " + "\n".join(lines) + END_OF_TURN)
+
+    def frame_ids(self) -> list[int]:
+        return list(self._frame_ids)
+
+    def header_ids(self, role: str) -> list[int]:
+        return self.encode(f"{TURN_START}{ROLE_NAMES[role]}:")
+
+    def body_ids(self, text: str) -> list[int]:
+        """A turn's text and its end-of-turn token: what is learned, and what generation produces."""
+        return self.encode(f" {text}") + [self.end_of_turn_id]
+
+    def turn_ids(self, event: Event) -> list[int]:
+        return self.header_ids(event.role) + self.body_ids(event.text)
+
+    # -- whole clips ----------------------------------------------------------------------------------------
+    def build(self, clip: Clip) -> list[Sequence]:
+        """The clip as one sequence, or several when it exceeds max_seq_len."""
+        state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
+        progress = None
+        by_frame: dict[int, list[Event]] = {}
+        for e in clip.events:
+            by_frame.setdefault(e.frame, []).append(e)
+
+        seq = self._start(clip, state, progress)
+        self._add_turns(seq, by_frame.get(clip.video.start_frame - 1, []))
+        sequences = [seq]
+        for f in clip.frame_indices:
+            events = by_frame.get(f, [])
+            piece = Sequence(clip.id)  # rendered alone first, to measure it and split before it if needed
+            self._add_frame(piece, f, events)
+            if self.max_seq_len and len(seq) + len(piece) > self.max_seq_len and seq.frames:
+                seq = self._start(clip, state, progress)
+                sequences.append(seq)
+            if self.max_seq_len and len(seq) + len(piece) > self.max_seq_len:
+                raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece)} tokens "
+                                 f"with the prompt, more than max_seq_len={self.max_seq_len}")
+            self._add_frame(seq, f, events)
+            for e in events:
+                if e.role == "dst":
+                    state = apply_updates(state, e.updates)
+                if e.role == "assistant" and e.progress:
+                    progress = e.progress
+        return sequences
+
+    def _start(self, clip: Clip, state: dict[str, str], progress: str | None) -> Sequence:
+        seq = Sequence(clip.id)
+        seq.append(self.prompt_ids(clip, state, progress))
+        return seq
+
+    def _add_frame(self, seq: Sequence, frame: int, events: list[Event]) -> None:
+        seq.append(self.frame_ids())
+        seq.frames.append(frame)
+        self._add_turns(seq, [e for e in events if e.role in INPUT_ROLES])
+        seq.decision_positions.append(len(seq) - 1)
+        outputs = [e for e in events if e.role == "dst"] + [e for e in events if e.role == "assistant"]
+        seq.speaking.append(int(any(e.role == "assistant" for e in outputs)))
+        seq.dst_update.append(int(any(e.role == "dst" for e in outputs)))
+        self._add_turns(seq, outputs)
+
+    def _add_turns(self, seq: Sequence, events: list[Event]) -> None:
+        for e in events:
+            seq.append(self.header_ids(e.role))
+            learned = {"assistant": "lm", "dst": "dst"}.get(e.role)
+            seq.append(self.body_ids(e.text), learned=learned)
+
+    def render(self, seq: Sequence) -> str:
+        """Human-readable text of a sequence (image tokens collapsed), for inspection and tests."""
+        text = self.tokenizer.decode(seq.input_ids)
+        return text.replace(IMAGE * self.tokens_per_frame, f"<image x{self.tokens_per_frame}>")
+
+
+def decision_mask(seq: Sequence, neg_rate: float, rng, mode: str = "perframe") -> list[bool]:
+    """Which frames count in the head losses. Positive frames (either head) always count. `perframe`: each
+    negative frame with probability `neg_rate`; `perturn`: one random negative frame per silent gap between
+    turns. `rng` is a numpy Generator (re-seeded each epoch by the caller, so negatives are re-drawn)."""
+    positive = [bool(s or d) for s, d in zip(seq.speaking, seq.dst_update, strict=True)]
+    if mode == "perframe":
+        return [p or bool(rng.random() < neg_rate) for p in positive]
+    if mode == "perturn":
+        mask, gap = list(positive), []
+        for i, p in enumerate(positive + [True]):  # a sentinel closes the last gap
+            if p and gap:
+                mask[gap[rng.integers(len(gap))]] = True
+                gap = []
+            elif not p:
+                gap.append(i)
+        return mask
+    raise ValueError(f"supervision mode must be 'perframe' or 'perturn', got {mode!r}")

@@ -1,0 +1,1 @@
+"""SmolVLM backbone loading, LoRA, speaking / DST-update heads, losses and the LightningModule."""

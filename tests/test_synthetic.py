@@ -1,0 +1,144 @@
+"""Synthetic task videos: deterministic by seed, aligned by the one time-base rule, transitions visible."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prospect.data.clip import Clip
+from prospect.data.dst import apply_updates
+from prospect.data.frames import open_frames
+from prospect.data.synthetic import slot_box, synthesize
+from prospect.data.timebase import frame_at
+
+SIZE = 64  # the default; the determinism tests use 32 to stay fast
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict[str, list[Clip]]]:
+    root = tmp_path_factory.mktemp("synthetic")
+    return root, synthesize(root, 8, seed=3)
+
+
+def all_clips(clips: dict[str, list[Clip]]) -> list[Clip]:
+    return [clip for split in clips.values() for clip in split]
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    runs = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        synthesize(tmp_path / name, 2, seed, val_videos=1, test_videos=1, image_size=32)
+        runs[name] = file_bytes(tmp_path / name)
+    assert runs["a"] == runs["b"]
+    assert "train.jsonl" in runs["a"] and "frames/syn5-train-0001.arrow" in runs["a"]
+    assert runs["a"]["train.jsonl"] != runs["c"]["train.jsonl"]
+    assert runs["a"]["frames/syn5-train-0000.arrow"] != runs["c"]["frames/syn6-train-0000.arrow"]
+
+
+def test_split_unchanged_when_other_split_count_changes(tmp_path):
+    synthesize(tmp_path / "a", 2, 5, val_videos=1, test_videos=1, image_size=32)
+    synthesize(tmp_path / "b", 3, 5, val_videos=1, test_videos=2, image_size=32)
+    for name in ("val.jsonl", "frames/syn5-val-0000.arrow", "frames/syn5-train-0001.arrow"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_splits_written_in_clip_format(dataset):
+    root, clips = dataset
+    assert {split: len(c) for split, c in clips.items()} == {"train": 8, "val": 2, "test": 2}
+    assert json.loads((root / "manifest.json").read_text())["videos"] == {"train": 8, "val": 2, "test": 2}
+    for split, split_clips in clips.items():
+        lines = (root / f"{split}.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == [c.to_dict(root=root) for c in split_clips]
+        for clip, line in zip(split_clips, lines, strict=True):
+            record = json.loads(line)
+            video_id = clip.id.removesuffix("/0")
+            assert record["video"]["source"] == f"frames/{video_id}.arrow"
+            assert clip.dataset == "synthetic" and clip.video.start_frame == 0
+            assert len(open_frames(root / record["video"]["source"], clip.fps)) == clip.video.end_frame
+            assert np.asarray(clip.frame(0)).shape == (SIZE, SIZE, 3)
+
+
+def test_events_aligned_inside_clip_and_ordered(dataset):
+    _, clips = dataset
+    for clip in all_clips(clips):
+        times = [e.time for e in clip.events]
+        assert times == sorted(times)
+        assert {e.role for e in clip.events} == {"user", "assistant", "dst"}
+        assert clip.events[0].role == "user" and clip.events[0].frame <= 2
+        for e in clip.events:
+            assert e.frame == frame_at(e.time, clip.fps), (clip.id, e)
+            assert e.frame in clip.frame_indices, (clip.id, e)
+            assert e.role != "assistant" or e.progress
+
+
+def test_dst_updates_apply_and_complete_every_step(dataset):
+    _, clips = dataset
+    durations = set()
+    for clip in all_clips(clips):
+        state = dict(clip.task.initial_state)
+        assert set(state.values()) == {"not_started"} and 3 <= len(state) <= 5
+        for e in clip.events:
+            if e.role == "dst":
+                state = apply_updates(state, e.updates)
+        assert set(state.values()) == {"completed"}, clip.id
+        for step in clip.task.steps:
+            durations.add(round(step.end - step.start))
+            assert step.id in state and 4 - 0.5 <= step.end - step.start <= 12 + 0.5
+        # every dst event is followed, at the same frame, by the assistant saying what comes next
+        for e, after in zip(clip.events, clip.events[1:], strict=False):
+            if e.role == "dst":
+                assert after.role == "assistant" and after.frame == e.frame
+    assert len(durations) > 3  # transition times are not a fixed rhythm
+
+
+def slot_change(a: np.ndarray, b: np.ndarray, slot: int) -> float:
+    """Fraction of the slot's pixels whose colour changed by far more than the per-frame noise."""
+    x0, y0, x1, y1 = slot_box(slot, SIZE)
+    diff = np.abs(a[y0:y1, x0:x1].astype(np.int16) - b[y0:y1, x0:x1].astype(np.int16))
+    return float((diff.max(-1) > 60).mean())
+
+
+def test_changes_appear_exactly_at_event_frames(dataset):
+    """Frame f (an event's frame) is the first to show the change; frames f-2 and f-1 look alike there."""
+    _, clips = dataset
+    checked = {"dst": 0, "correction": 0}
+    for clip in all_clips(clips):
+        frames = [np.asarray(clip.frame(i)) for i in clip.frame_indices]
+        in_progress = None
+        for e in clip.events:
+            if e.role == "dst":
+                slots = [int(u.id[1:]) - 1 for u in e.updates]
+                in_progress = next((int(u.id[1:]) - 1 for u in e.updates if u.transition == "start"), None)
+                kind = "dst"
+            elif e.labels == "initiative|correction":
+                slots, kind = [in_progress], "correction"
+            else:
+                continue
+            f = e.frame
+            for slot in slots:
+                change = slot_change(frames[f], frames[f - 1], slot)
+                before = slot_change(frames[f - 1], frames[f - 2], slot)
+                assert change > 0.12 and change > 2 * before, (clip.id, e, slot, change, before)
+            checked[kind] += 1
+    assert checked["dst"] >= 40 and checked["correction"] >= 3, checked
+
+
+def test_slot_boxes_tile_the_board():
+    boxes = [slot_box(s, 64) for s in range(6)]
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and x1 - x0 >= 16
+    assert len(set(boxes)) == 6
+
+
+def test_bad_settings_rejected(tmp_path):
+    with pytest.raises(ValueError, match="num_steps"):
+        synthesize(tmp_path, 1, 0, num_steps=(3, 9))
+    with pytest.raises(ValueError, match="step_seconds"):
+        synthesize(tmp_path, 1, 0, step_seconds=(5.0, 2.0))
