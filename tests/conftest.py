@@ -97,3 +97,13 @@ def data_root(tmp_path: Path) -> Path:
     write_frames(tmp_path, "vid", 30)
     write_frames(tmp_path, "asm", 50)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The embedded tiny SmolVLM + tokenizer, built once per test session from a small corpus."""
+    from prospect.model.backbone import build_tiny
+
+    corpus = ["First, place the red circle.", "Next, place the blue square.", "S1->start; S2->complete",
+              "I want to build the comet board.", "Careful, the circle should be red."] * 20
+    return build_tiny(tmp_path_factory.mktemp("tiny"), corpus)

@@ -142,3 +142,14 @@ def test_bad_settings_rejected(tmp_path):
         synthesize(tmp_path, 1, 0, num_steps=(3, 9))
     with pytest.raises(ValueError, match="step_seconds"):
         synthesize(tmp_path, 1, 0, step_seconds=(5.0, 2.0))
+
+
+def test_ensure_synthetic_regenerates_only_on_change(tmp_path):
+    from prospect.data.synthetic import ensure_synthetic
+
+    assert ensure_synthetic(tmp_path, 2, seed=3, image_size=32, val_videos=1, test_videos=1)
+    before = (tmp_path / "train.jsonl").read_bytes()
+    assert not ensure_synthetic(tmp_path, 2, seed=3, image_size=32, val_videos=1, test_videos=1)
+    assert ensure_synthetic(tmp_path, 2, seed=4, image_size=32, val_videos=1, test_videos=1)
+    assert (tmp_path / "train.jsonl").read_bytes() != before
+    assert all(p.name.startswith("syn4-") for p in (tmp_path / "frames").iterdir()), "old videos removed"

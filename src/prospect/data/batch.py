@@ -23,6 +23,8 @@ class Batch:
     input_ids: Tensor  # [B, T]
     attention_mask: Tensor  # [B, T]
     pixel_values: Tensor  # [N, 3, S, S], N = frames of all sequences, in sequence order
+    frame_index: Tensor  # [D] absolute frame index of each decision
+    frame_time: Tensor  # [D] its timestamp in seconds
     decision_batch: Tensor  # [D] sequence of each frame's decision
     decision_pos: Tensor  # [D] its position
     decision_mask: Tensor  # [D] bool: counts in the head losses
@@ -45,7 +47,7 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
     longest = max(len(s.seq) for s in samples)
     input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
-    dec: list[list] = [[], [], [], [], []]
+    dec: list[list] = [[], [], [], [], [], []]
     lm: list[list] = [[], [], []]
     dst: list[list] = [[], [], []]
     for b, s in enumerate(samples):
@@ -53,7 +55,7 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
         input_ids[b, :n] = torch.tensor(s.seq.input_ids)
         attention_mask[b, :n] = 1
         for row, values in zip(dec, ([b] * len(s.seq.frames), s.seq.decision_positions, s.mask, s.seq.speaking,
-                                     s.seq.dst_update), strict=True):
+                                     s.seq.dst_update, s.seq.frames), strict=True):
             row.extend(values)
         for rows, targets in ((lm, s.seq.lm_targets), (dst, s.seq.dst_targets)):
             for pos, t in enumerate(targets):
@@ -64,7 +66,8 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
     long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     return Batch(
         input_ids=input_ids, attention_mask=attention_mask,
-        pixel_values=torch.cat([s.pixel_values for s in samples]),
+        pixel_values=torch.cat([s.pixel_values for s in samples]), frame_index=long(dec[5]),
+        frame_time=torch.tensor([f / s.seq.fps for s in samples for f in s.seq.frames], dtype=torch.float64),
         decision_batch=long(dec[0]), decision_pos=long(dec[1]), decision_mask=torch.tensor(dec[2], dtype=torch.bool),
         speaking=torch.tensor(dec[3], dtype=torch.float), dst_update=torch.tensor(dec[4], dtype=torch.float),
         lm_batch=long(lm[0]), lm_pos=long(lm[1]), lm_targets=long(lm[2]),

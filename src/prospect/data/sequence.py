@@ -32,6 +32,9 @@ GLOBAL_IMAGE = "<global-img>"
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "dst": "DST"}
 INPUT_ROLES = ("system", "user")
 IGNORE = -100
+# Words the prompt layout itself uses (for training a tokenizer that encodes them compactly).
+PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Steps:", "State:", "Progress:", "not_started",
+                "in_progress", "completed", "->start", "->complete"]
 DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video, keep track of the task steps, "
                          "and speak when guidance helps.")
 
@@ -41,6 +44,7 @@ class Sequence:
     """One training sequence (a clip, or one split of a long clip)."""
 
     clip_id: str
+    fps: float
     input_ids: list[int] = field(default_factory=list)
     lm_targets: list[int] = field(default_factory=list)  # target of the prediction AT each position, or IGNORE
     dst_targets: list[int] = field(default_factory=list)  # same, for DST update text
@@ -117,7 +121,7 @@ class SequenceBuilder:
         sequences = [seq]
         for f in clip.frame_indices:
             events = by_frame.get(f, [])
-            piece = Sequence(clip.id)  # rendered alone first, to measure it and split before it if needed
+            piece = Sequence(clip.id, clip.fps)  # rendered alone first, to measure it and split before it if needed
             self._add_frame(piece, f, events)
             if self.max_seq_len and len(seq) + len(piece) > self.max_seq_len and seq.frames:
                 seq = self._start(clip, state, progress)
@@ -134,7 +138,7 @@ class SequenceBuilder:
         return sequences
 
     def _start(self, clip: Clip, state: dict[str, str], progress: str | None) -> Sequence:
-        seq = Sequence(clip.id)
+        seq = Sequence(clip.id, clip.fps)
         seq.append(self.prompt_ids(clip, state, progress))
         return seq
 

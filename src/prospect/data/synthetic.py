@@ -10,6 +10,7 @@ vision-language model can learn on a CPU in minutes.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,50 +95,66 @@ class _Distractor:
         return float(p[0]), float(p[1])
 
 
-def synthesize(
-    out_dir: Path,
-    num_videos: int,
-    seed: int,
-    *,
-    val_videos: int | None = None,
-    test_videos: int | None = None,
-    image_size: int = 64,
-    fps: float = 2.0,
-    num_steps: tuple[int, int] = (3, 5),
-    step_seconds: tuple[float, float] = (4.0, 12.0),
-    lead_seconds: tuple[float, float] = (2.0, 4.0),
-    tail_seconds: tuple[float, float] = (2.0, 4.0),
-    mistake_prob: float = 0.3,
-    noise_std: float = 6.0,
-) -> dict[str, list[Clip]]:
+def synthesize(out_dir: Path, num_videos: int, seed: int, *, val_videos: int | None = None,
+               test_videos: int | None = None, **settings) -> dict[str, list[Clip]]:
     """Write `num_videos` train videos (val and test: max(2, num_videos // 4) each unless given) to `out_dir`.
+    `settings` are the keyword arguments of `_generation_settings` (image_size, fps, step_seconds, ...).
 
     Layout: frames/<video_id>.arrow, {train,val,test}.jsonl (one clip per video), manifest.json. Video i of a
     split depends only on (seed, split, i, generation settings), so changing one split's count leaves the
     others byte-identical.
     """
-    default_eval = max(2, num_videos // 4)
-    counts = {"train": num_videos, "val": default_eval if val_videos is None else val_videos,
-              "test": default_eval if test_videos is None else test_videos}
-    _check_settings(counts, image_size, fps, num_steps, step_seconds, lead_seconds, tail_seconds, mistake_prob)
+    manifest = synthetic_manifest(num_videos, seed, val_videos=val_videos, test_videos=test_videos, **settings)
+    counts, settings = manifest["videos"], _generation_settings(**settings)
+    _check_settings(counts, **settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = dict(image_size=image_size, fps=fps, num_steps=num_steps, step_seconds=step_seconds,
-                    lead_seconds=lead_seconds, tail_seconds=tail_seconds, mistake_prob=mistake_prob,
-                    noise_std=noise_std)
     clips: dict[str, list[Clip]] = {}
     for split, count in counts.items():
         clips[split] = [_make_video(out_dir, split, i, seed, **settings) for i in range(count)]
         lines = [json.dumps(clip.to_dict(root=out_dir)) + "\n" for clip in clips[split]]
         (out_dir / f"{split}.jsonl").write_text("".join(lines))
-    manifest = {"generator": "prospect.data.synthetic", "seed": seed, "videos": counts, **settings}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return clips
 
 
+def synthetic_manifest(num_videos: int, seed: int, *, val_videos: int | None = None,
+                       test_videos: int | None = None, **settings) -> dict:
+    """What manifest.json holds for these arguments: the video counts per split and every setting."""
+    default_eval = max(2, num_videos // 4)
+    counts = {"train": num_videos, "val": default_eval if val_videos is None else val_videos,
+              "test": default_eval if test_videos is None else test_videos}
+    manifest = {"generator": "prospect.data.synthetic", "seed": seed, "videos": counts,
+                **_generation_settings(**settings)}
+    return json.loads(json.dumps(manifest))  # tuples as JSON lists, as read back from the file
+
+
+def ensure_synthetic(out_dir: Path, num_videos: int, seed: int, **kwargs) -> bool:
+    """Generate the data unless `out_dir` already holds exactly it (same manifest); True if generated."""
+    out_dir = Path(out_dir)
+    path = out_dir / "manifest.json"
+    if path.exists() and json.loads(path.read_text()) == synthetic_manifest(num_videos, seed, **kwargs):
+        return False
+    if (out_dir / "frames").exists():  # videos of other settings must not linger beside the new ones
+        shutil.rmtree(out_dir / "frames")
+    synthesize(out_dir, num_videos, seed, **kwargs)
+    return True
+
+
+def _generation_settings(image_size: int = 64, fps: float = 2.0, num_steps: tuple[int, int] = (3, 5),
+                         step_seconds: tuple[float, float] = (4.0, 12.0),
+                         lead_seconds: tuple[float, float] = (2.0, 4.0),
+                         tail_seconds: tuple[float, float] = (2.0, 4.0), mistake_prob: float = 0.3,
+                         noise_std: float = 6.0) -> dict:
+    """The generation settings and their defaults, in one place."""
+    return dict(image_size=image_size, fps=fps, num_steps=tuple(num_steps), step_seconds=tuple(step_seconds),
+                lead_seconds=tuple(lead_seconds), tail_seconds=tuple(tail_seconds), mistake_prob=mistake_prob,
+                noise_std=noise_std)
+
+
 def _check_settings(counts: dict[str, int], image_size: int, fps: float, num_steps: tuple[int, int],
                     step_seconds: tuple[float, float], lead_seconds: tuple[float, float],
-                    tail_seconds: tuple[float, float], mistake_prob: float) -> None:
+                    tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float) -> None:
     if min(counts.values()) < 0:
         raise ValueError(f"video counts must be >= 0, got {counts}")
     if image_size < 16:

@@ -1,0 +1,136 @@
+"""LightningDataModule: clip files (or the synthetic default, generated on first use) -> rendered sequences ->
+batches. Sequences are rendered once per split; frames are read and negative frames drawn on access, the
+negatives re-drawn each epoch from (seed, epoch, index) so a resumed run sees the same draws."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from prospect.data.batch import Sample, collate
+from prospect.data.clip import Clip
+from prospect.data.dataset import ClipDataset
+from prospect.data.sequence import SequenceBuilder, decision_mask
+from prospect.model.vision import pixels
+
+SPLITS = ("train", "val", "test")
+
+
+class SequenceDataset(Dataset):
+    """The sequences of a list of clips, with frames and the decision mask produced on access."""
+
+    def __init__(self, clips: list[Clip], builder: SequenceBuilder, image_size: int, neg_frame_rate: float,
+                 supervision: str, seed: int):
+        self.clips = clips
+        self.items = [(c, seq) for c, clip in enumerate(clips) for seq in builder.build(clip)]
+        self.image_size, self.neg_frame_rate = image_size, neg_frame_rate
+        self.supervision, self.seed = supervision, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        c, seq = self.items[index]
+        clip = self.clips[c]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return Sample(seq, pixels([clip.frame(f) for f in seq.frames], self.image_size),
+                      decision_mask(seq, self.neg_frame_rate, rng, self.supervision))
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): exact across resumes. Lightning calls set_epoch."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class ProspectDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: str = "data/synthetic",
+        files: dict[str, str] | None = None,
+        frames_root: str | None = None,
+        num_videos: int | None = None,
+        synthetic: dict | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        neg_frame_rate: float = 0.1,
+        supervision: str = "perframe",
+        max_seq_len: int | None = 4096,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.files = {**{s: f"{s}.jsonl" for s in SPLITS}, **(files or {})}
+        self.frames_root, self.num_videos, self.synthetic = frames_root, num_videos, synthetic
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.neg_frame_rate, self.supervision, self.max_seq_len, self.seed = (neg_frame_rate, supervision,
+                                                                               max_seq_len, seed)
+        self.builder: SequenceBuilder | None = None
+        self.datasets: dict[str, SequenceDataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            from prospect.data.synthetic import ensure_synthetic
+
+            ensure_synthetic(self.root, self.num_videos, seed=self.seed, **self.synthetic)
+
+    def clips(self, split: str) -> list[Clip]:
+        """The validated clips of a split (Arrow-backed, cached by file content)."""
+        table = ClipDataset(self.root / self.files[split], root=self.frames_root)
+        return [table[i] for i in range(len(table))]
+
+    def corpus(self) -> list[str]:
+        """Texts of the training clips, for the tiny model's tokenizer."""
+        return [e.text for clip in self.clips("train") for e in clip.events] + [
+            f"{s.id} = {s.name}" for clip in self.clips("train") for s in clip.task.steps]
+
+    def attach(self, builder: SequenceBuilder, image_size: int) -> None:
+        """Give the module the model's sequence builder and image size (known once the model is loaded)."""
+        self.builder, self.image_size = builder, image_size
+        self.datasets = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.builder is None:
+            raise RuntimeError("ProspectDataModule.attach(builder, image_size) must be called before setup")
+        for split in SPLITS:
+            if split not in self.datasets and (self.root / self.files[split]).exists():
+                self.datasets[split] = SequenceDataset(self.clips(split), self.builder, self.image_size,
+                                                       self.neg_frame_rate, self.supervision, self.seed)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
+                          sampler=EpochShuffle(len(ds), self.seed) if shuffle else None,
+                          collate_fn=partial(collate, pad_id=self.builder.tokenizer.pad_token_id),
+                          persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        if "train" in self.datasets:
+            self.datasets["train"].set_epoch(epoch)

@@ -1,0 +1,97 @@
+"""SmolVLM with LoRA on its text model, frames injected as embeddings, and the two per-frame heads.
+
+Frames are encoded by `vision.encode_frames` and scattered into the `<image>` token slots of the text
+embeddings; the text model then runs on embeddings, which is also how streaming and cached frame features
+feed it. Only the hidden states the losses read are gathered: decision positions for the heads, learned-token
+positions for the LM head.
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, get_peft_model
+from torch import Tensor, nn
+from transformers import SmolVLMForConditionalGeneration
+
+from prospect.data.batch import Batch
+from prospect.model.heads import BinaryHead
+from prospect.model.vision import check_tokens_per_frame, encode_frames
+
+# LoRA on the text model's attention and MLP projections only (not the vision encoder).
+TEXT_PROJECTIONS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class ProspectModel(nn.Module):
+    def __init__(
+        self,
+        vlm: SmolVLMForConditionalGeneration,
+        tokens_per_frame: int,
+        head: str = "linear",
+        head_mlp_hidden: int = 256,
+        head_dropout: float = 0.0,
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target_modules: str = TEXT_PROJECTIONS,
+        train_connector: bool = False,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        check_tokens_per_frame(vlm, tokens_per_frame)
+        self.tokens_per_frame = tokens_per_frame
+        self.image_token_id = vlm.config.image_token_id
+        if gradient_checkpointing:
+            vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.backbone = get_peft_model(vlm, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                                        target_modules=lora_target_modules))
+        for p in self.vlm.model.connector.parameters():
+            p.requires_grad_(train_connector)
+        hidden = vlm.config.text_config.hidden_size
+        self.speaking_head = BinaryHead(hidden, head, head_mlp_hidden, head_dropout)
+        self.dst_head = BinaryHead(hidden, head, head_mlp_hidden, head_dropout)
+
+    @property
+    def vlm(self) -> SmolVLMForConditionalGeneration:
+        """The underlying transformers model (LoRA layers injected in place)."""
+        return self.backbone.base_model.model
+
+    @property
+    def text_model(self) -> nn.Module:
+        return self.vlm.model.text_model
+
+    def embed(self, input_ids: Tensor, frame_features: Tensor | None) -> Tensor:
+        """Token embeddings with frame features in the `<image>` slots. [B, T] -> [B, T, H]."""
+        embeds = self.text_model.get_input_embeddings()(input_ids)
+        slots = input_ids == self.image_token_id
+        if frame_features is None:
+            if slots.any():
+                raise ValueError("input has <image> tokens but no frames were given")
+            return embeds
+        if int(slots.sum()) != frame_features.shape[0] * frame_features.shape[1]:
+            raise ValueError(f"{int(slots.sum())} <image> tokens for {frame_features.shape[0]} frames of "
+                             f"{frame_features.shape[1]} tokens")
+        return embeds.masked_scatter(slots.unsqueeze(-1), frame_features.to(embeds.dtype))
+
+    def encode_frames(self, pixel_values: Tensor) -> Tensor:
+        return encode_frames(self.vlm, pixel_values, self.tokens_per_frame)
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        feats = self.encode_frames(batch.pixel_values) if batch.pixel_values.numel() else None
+        embeds = self.embed(batch.input_ids, feats)
+        hidden = self.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+        decision = hidden[batch.decision_batch, batch.decision_pos]  # [D, H]
+        speaking, dst_update = self.speaking_head(decision), self.dst_head(decision)  # [D] each
+        m = batch.decision_mask
+        lm_head = self.vlm.lm_head
+        return {
+            "speaking_all": speaking, "dst_update_all": dst_update,  # every frame, for metrics
+            "speaking_logits": speaking[m], "speaking_labels": batch.speaking[m],
+            "dst_update_logits": dst_update[m], "dst_update_labels": batch.dst_update[m],
+            "lm_logits": lm_head(hidden[batch.lm_batch, batch.lm_pos]), "lm_targets": batch.lm_targets,
+            "dst_logits": lm_head(hidden[batch.dst_batch, batch.dst_pos]), "dst_targets": batch.dst_targets,
+        }
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint holds: the parameters that train (LoRA, heads, optionally the connector)."""
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in keep}
+

@@ -1,0 +1,114 @@
+"""The training job behind `python train.py`: data, model, Lightning trainer, then test; writes metrics.json.
+
+`train(cfg)` takes a composed Hydra config (conf/train.yaml) so tests run exactly what users run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from prospect.data.sequence import PROMPT_WORDS, SequenceBuilder
+from prospect.model.backbone import load_backbone
+from prospect.model.module import ProspectModule
+from prospect.model.prospect_model import ProspectModel
+
+
+def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
+    """The LightningModule and DataModule a config describes (data generated, tiny model built if needed)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    backbone = cfg.model.backbone
+    corpus = None
+    if backbone.source == "tiny":  # the tiny tokenizer learns the data's texts and our prompt's words
+        corpus = datamodule.corpus() + [cfg.model.system_prompt] + PROMPT_WORDS
+    vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir, architecture=backbone.architecture,
+                                   tiny_corpus=corpus)
+    builder = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt,
+                              max_seq_len=cfg.data.max_seq_len)
+    datamodule.attach(builder, vlm.config.vision_config.image_size)
+    model = ProspectModel(vlm, cfg.model.tokens_per_frame, **cfg.model.net)
+    module = ProspectModule(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
+                            instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                            config=OmegaConf.to_container(cfg, resolve=True))
+    return module, datamodule
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (unless train=false) and test (unless test=false); returns and writes the flat metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    module, datamodule = build(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    logger = _logger(cfg)
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+
+    ckpt_for_test = cfg.ckpt_path
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+        ckpt_for_test = best.best_model_path if best else None
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics["checkpoint"] = str(ckpt_for_test) if ckpt_for_test else None
+    metrics["output_dir"] = str(out_dir)
+    if trainer.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _logger(cfg: DictConfig):
+    if not cfg.get("logger"):
+        return False
+    kwargs: dict[str, Any] = {}
+    if cfg.logger._target_.endswith("WandbLogger"):
+        kwargs = _wandb_run_settings(cfg)
+    logger = instantiate(cfg.logger, **kwargs)
+    if isinstance(logger, WandbLogger):
+        logger.experiment.config.update({"prospect": OmegaConf.to_container(cfg, resolve=True),
+                                         "git_commit": _git_commit()}, allow_val_change=True)
+    else:
+        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "git_commit": _git_commit()})
+    return logger
+
+
+def _wandb_run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Offline without an API key; in a multirun, one run per job grouped by the sweep."""
+    settings: dict[str, Any] = {}
+    if cfg.logger.get("offline") is None:
+        settings["offline"] = not _wandb_has_key()
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            settings["group"] = f"{cfg.task_name}-{Path(hc.sweep.dir).name}"
+            settings["name"] = f"{hc.job.num}-{hc.job.override_dirname}"[:120]
+    return settings
+
+
+def _wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -1,0 +1,108 @@
+"""The sequence builder against a hand-made clip: every position's targets pinned, training layout = streaming."""
+
+import numpy as np
+import pytest
+
+from prospect.data.clip import Clip, Event, Step, Task, Video
+from prospect.data.dst import StepUpdate
+from prospect.data.sequence import IGNORE, SequenceBuilder, decision_mask
+from prospect.model.backbone import load_backbone
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return load_backbone(str(tiny_dir))[1]
+
+
+def hand_clip() -> Clip:
+    """Frames 10..12 at 2 fps; user goal after frame 10, DST + reply after frame 11, silence after 12."""
+    return Clip(
+        id="hand/0", video=Video("frames/hand.arrow", 2.0, 10, 13),
+        task=Task(goal="build", steps=[Step("S1", "place the red circle")], initial_state={"S1": "not_started"}),
+        events=[
+            Event("user", 5.6, 10, "I want to build the comet board."),
+            Event("dst", 6.1, 11, updates=[StepUpdate("S1", "start")]),
+            Event("assistant", 6.1, 11, "First, place the red circle.", progress="S1 in progress."),
+        ])
+
+
+def test_every_position_of_a_hand_made_clip(tokenizer):
+    b = SequenceBuilder(tokenizer, tokens_per_frame=2, system_prompt="Help.")
+    (seq,) = b.build(hand_clip())
+    print(b.render(seq))  # a rendered example, for the reader of the test log
+
+    enc = lambda s: tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    eot = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    frame = enc("<fake_token_around_image><global-img><image><image><fake_token_around_image>")
+    # (tokens, loss kind of the tokens) in the order the layout promises
+    pieces = [
+        (enc("<|im_start|>System: Help.\nSteps: S1 = place the red circle\nState: S1 not_started<end_of_utterance>"),
+         None),
+        (frame, None), (enc("<|im_start|>User:"), None), (enc(" I want to build the comet board.") + [eot], None),
+        (frame, None), (enc("<|im_start|>DST:"), None), (enc(" S1->start") + [eot], "dst"),
+        (enc("<|im_start|>Assistant:"), None), (enc(" First, place the red circle.") + [eot], "lm"),
+        (frame, None),
+    ]
+    ids = [t for p, _ in pieces for t in p]
+    kinds = [k for p, k in pieces for _ in p]
+    assert seq.input_ids == ids
+    # the target at position t is the token at t + 1 when that token is learned by that loss
+    assert seq.lm_targets == [ids[t + 1] if t + 1 < len(ids) and kinds[t + 1] == "lm" else IGNORE
+                              for t in range(len(ids))]
+    assert seq.dst_targets == [ids[t + 1] if t + 1 < len(ids) and kinds[t + 1] == "dst" else IGNORE
+                               for t in range(len(ids))]
+    # decisions: after frame 10 once the user's turn is in; after frame 11 right after its frame; after 12
+    ends = np.cumsum([len(p) for p, _ in pieces]) - 1
+    assert seq.frames == [10, 11, 12]
+    assert seq.decision_positions == [ends[3], ends[4], ends[9]]
+    assert seq.speaking == [0, 1, 0] and seq.dst_update == [0, 1, 0]
+    # the end-of-turn token is learned and pad differs from it
+    assert eot in [t for t in seq.lm_targets if t != IGNORE]
+    assert tokenizer.pad_token_id != eot
+    # the decision position predicts the next turn's header, which is an input, never a target
+    assert all(seq.lm_targets[p] == IGNORE and seq.dst_targets[p] == IGNORE for p in seq.decision_positions)
+
+
+def test_prompt_pieces_are_what_streaming_concatenates(tokenizer):
+    """Streaming feeds prompt, frames, headers and bodies piece by piece; the training sequence is exactly that."""
+    b = SequenceBuilder(tokenizer, tokens_per_frame=1)
+    clip = hand_clip()
+    (seq,) = b.build(clip)
+    stream = b.prompt_ids(clip, {"S1": "not_started"})
+    for f in clip.frame_indices:
+        stream += b.frame_ids()
+        for e in clip.events_after(f):
+            stream += b.turn_ids(e)
+    # within frame 11 the file order (dst, assistant) already matches the builder's output order
+    assert seq.input_ids == stream
+
+
+def test_long_clip_splits_with_state_and_progress(tokenizer):
+    clip = hand_clip()
+    clip.video.end_frame = 100
+    full = SequenceBuilder(tokenizer, 2).build(clip)
+    assert len(full) == 1
+    limit = len(full[0]) // 2
+    parts = SequenceBuilder(tokenizer, 2, max_seq_len=limit).build(clip)
+    assert len(parts) >= 2 and all(len(p) <= limit for p in parts)
+    assert [f for p in parts for f in p.frames] == list(range(10, 100))
+    second = tokenizer.decode(parts[1].input_ids)
+    assert "State: S1 in_progress" in second and "Progress: S1 in progress." in second
+    assert sum(sum(p.speaking) for p in parts) == 1
+
+
+def test_frame_too_long_for_max_seq_len(tokenizer):
+    with pytest.raises(ValueError, match="clip hand/0: frame 10 and its turns need"):
+        SequenceBuilder(tokenizer, 2, max_seq_len=30).build(hand_clip())
+
+
+def test_negative_subsampling(tokenizer):
+    clip = hand_clip()
+    clip.video.end_frame = 2010
+    (seq,) = SequenceBuilder(tokenizer, 1).build(clip)
+    mask = decision_mask(seq, 0.1, np.random.default_rng(0))
+    assert mask[1], "positives always count"
+    assert 0.07 < (sum(mask) - 1) / (len(mask) - 1) < 0.13
+    assert mask != decision_mask(seq, 0.1, np.random.default_rng(1)), "re-drawn with another seed (epoch)"
+    per_turn = decision_mask(seq, 0.1, np.random.default_rng(0), "perturn")
+    assert sum(per_turn) == 3 and per_turn[1], "the positive plus one negative in each silent gap"

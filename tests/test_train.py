@@ -1,0 +1,81 @@
+"""The training job through the real Hydra configs, shrunk for CPU: fit + test, metrics.json, checkpoints that
+hold only trained weights, exact resume, and testing a checkpoint on a fresh synthetic seed."""
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from prospect.train import train
+
+CONF = Path(__file__).parents[1] / "conf"
+TINY_RUN = ["data.num_videos=3", "data.synthetic.val_videos=1", "data.synthetic.test_videos=2",
+            "data.synthetic.image_size=32", "logger=csv", "model.net.lora_dropout=0.0"]
+
+
+def compose_train(tmp_path: Path, overrides: list[str], run: str = "run") -> object:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[
+            *TINY_RUN, f"paths.output_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}",
+            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = compose_train(tmp, ["+experiment=perframe", "trainer.max_epochs=2"])
+    return tmp, train(cfg)
+
+
+def test_train_perframe_runs(trained):
+    tmp, metrics = trained
+    run = tmp / "run"
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    for key in ("train/loss", "val/loss", "test/loss", "test/speaking_auroc", "test/speaking_f1",
+                "test/dst_update_auroc", "test/dst_update_f1", "test/lm_token_accuracy"):
+        assert math.isfinite(metrics[key]), key
+    ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k or "_head." in k or "connector" in k for k in keys), keys[:5]
+    assert ckpt["prospect_config"]["model"]["tokens_per_frame"] == 4
+    assert list((run / "plots").glob("timeline_*.png")), "timeline plots are written after testing"
+
+
+class Interrupt(L.Callback):
+    """Stops a run after its first epoch, as a crash or a time limit would."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_resume_is_exact(tmp_path, trained):
+    tmp, _ = trained
+    # the shared data and tiny model; two epochs straight vs interrupted after one and resumed
+    base = ["+experiment=perframe", f"data.root={tmp / 'data'}", f"model.backbone.tiny_dir={tmp / 'tiny'}",
+            "test=false", "trainer.max_epochs=2"]
+    straight = train(compose_train(tmp_path, base, "straight"))
+    first = train(compose_train(tmp_path, [*base, "+callbacks.interrupt._target_=test_train.Interrupt"], "first"))
+    last = Path(first["output_dir"]) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    resumed = train(compose_train(tmp_path, [*base, f"ckpt_path={last}"], "resumed"))
+    a = torch.load(Path(straight["output_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(Path(resumed["output_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_test_only_on_fresh_seed(tmp_path, trained):
+    tmp, metrics = trained
+    common = ["+experiment=perframe", "train=false", "data.seed=123", f"model.backbone.tiny_dir={tmp / 'tiny'}"]
+    tested = train(compose_train(tmp_path, [*common, f"ckpt_path={metrics['checkpoint']}"], "tested"))
+    untrained = train(compose_train(tmp_path, common, "untrained"))
+    for m in (tested, untrained):
+        assert math.isfinite(m["test/speaking_auroc"]) and (Path(m["output_dir"]) / "metrics.json").exists()
+    assert tested["test/loss"] != untrained["test/loss"]
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["seed"] == 123
