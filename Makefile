@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	# torch first, pinned: the CPU build lies on disk; an open range would pull a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,sweep,slurm]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,8 +22,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The main job on the embedded default (synthetic data + tiny model, generated on first use).
 demo: $(STAMP)
-	@echo "make demo arrives with the training issue (#4); see README."
+	$(BIN)/python train.py +experiment=perframe
 
 clean:
 	rm -rf $(VENV)

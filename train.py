@@ -10,7 +10,8 @@ from prospect.train import train
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     print(f"run directory: {metrics['output_dir']}")
-    return metrics.get("val/speaking_auroc")  # the value Hydra sweepers optimise
+    # the value Hydra sweepers optimise: its best epoch when it is the checkpoint monitor
+    return metrics.get(f"best/{cfg.optimized_metric}", metrics.get(cfg.optimized_metric))
 
 
 if __name__ == "__main__":

@@ -79,3 +79,27 @@ def test_test_only_on_fresh_seed(tmp_path, trained):
     assert tested["test/loss"] != untrained["test/loss"]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["seed"] == 123
+
+
+@pytest.mark.slow
+def test_multirun_sweep_with_offline_wandb(tmp_path, trained):
+    """`-m` over a loss weight: one output directory and one (offline) wandb run per job, grouped by sweep."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, _ = trained
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    cmd = [sys.executable, "train.py", "-m", "+experiment=perframe", "loss.speaking_weight=0.5,2",
+           "trainer.max_steps=1", "test=false", *TINY_RUN[:-2], "logger=wandb", f"data.root={tmp / 'data'}",
+           f"model.backbone.tiny_dir={tmp / 'tiny'}", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600,
+                            env={**env, "HOME": str(tmp_path)})  # no ~/.netrc: no API key
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").exists()
+        runs = list((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"job {job}: expected one offline wandb run"
+    overrides = [(sweep / j / ".hydra" / "overrides.yaml").read_text() for j in ("0", "1")]
+    assert "loss.speaking_weight=0.5" in overrides[0] and "loss.speaking_weight=2" in overrides[1]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -28,13 +29,15 @@ from prospect.model.prospect_model import ProspectModel
 def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
     """The LightningModule and DataModule a config describes (data generated, tiny model built if needed)."""
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    with _lock(Path(cfg.data.root).parent / ".prospect-prepare.lock"):  # SLURM starts all ranks at once
+        datamodule.prepare_data()
     backbone = cfg.model.backbone
     corpus = None
     if backbone.source == "tiny":  # the tiny tokenizer learns the data's texts and our prompt's words
         corpus = datamodule.corpus() + [cfg.model.system_prompt] + PROMPT_WORDS
-    vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir, architecture=backbone.architecture,
-                                   tiny_corpus=corpus)
+    with _lock(Path(backbone.tiny_dir).parent / ".prospect-tiny.lock"):
+        vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir,
+                                       architecture=backbone.architecture, tiny_corpus=corpus)
     builder = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt,
                               max_seq_len=cfg.data.max_seq_len)
     datamodule.attach(builder, vlm.config.vision_config.image_size)
@@ -60,6 +63,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         ckpt_for_test = best.best_model_path if best else None
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.train and best is not None and best.best_model_score is not None:
+        metrics[f"best/{best.monitor}"] = float(best.best_model_score)
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
@@ -69,6 +74,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def _lock(path: Path) -> FileLock:
+    """A lock file beside generated data, so concurrently started ranks generate it once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
 
 
 def _logger(cfg: DictConfig):

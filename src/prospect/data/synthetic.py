@@ -43,10 +43,11 @@ _BOARD = (45, 50, 60)  # dark, so every palette colour stands out
 _SLOT_LINE = (72, 78, 92)
 _HAND = (232, 186, 150)
 _WARNING = (255, 140, 0)  # not a palette colour: the marker is never mistaken for an object
+_FLASH = (255, 255, 255)  # the one-frame ring marking the moment a step starts or completes
 _MUTED = ((118, 118, 118), (138, 124, 104), (100, 110, 116), (132, 132, 120))
 _SUPERSAMPLE = 4
 _HAND_JITTER = 0.012  # largest hand offset per axis, as a fraction of the image size (0.8 px at 64 px)
-_CUE_MARGIN = 2  # frames of normal rendering kept between a mistake cue and either end of its step
+_CUE_MARGIN = 3  # frames kept between a mistake cue and either end of its step (clear of the one-frame rings)
 _CUE_FRAMES = (2, 4)
 
 _LABEL_INSTRUCTION = "initiative|instruction"
@@ -318,6 +319,9 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
     x0, y0, x1, y1 = slot_box(slot, canvas)
     w, h = x1 - x0, y1 - y0
     cx, cy, r = x0 + w / 2, y0 + 0.38 * h, 0.42 * w
+    if frame in (step.start, step.end):  # the moment of the action: a white ring for exactly one frame
+        ring = 1.18 * r
+        draw.ellipse([cx - ring, cy - ring, cx + ring, cy + ring], outline=_FLASH, width=round(0.03 * canvas))
     if hand is None:
         _draw_shape(draw, step.shape, cx, cy, r, COLOURS[step.colour], filled=True)
         return
@@ -326,7 +330,7 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
     _draw_shape(draw, step.shape, cx, cy, r, colour, filled=False, width=round(0.035 * canvas))
     hx, hy, hr = cx + hand[0], y0 + 0.78 * h + hand[1], 0.24 * w
     draw.ellipse([hx - hr, hy - 0.7 * hr, hx + hr, hy + 0.7 * hr], fill=_HAND)
-    if cue:  # orange warning triangle in the slot's lower-left corner, beside the hand
+    if cue and frame == step.cue[0]:  # orange warning triangle at the cue's onset, in the lower-left corner
         left, base = x0 + 0.03 * w, y0 + 0.95 * h
         draw.polygon([(left, base), (left + 0.16 * w, base - 0.34 * w), (left + 0.32 * w, base)], fill=_WARNING)
 

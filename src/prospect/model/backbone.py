@@ -51,6 +51,10 @@ def build_tiny(out_dir: str | Path, corpus: Iterable[str], vocab_size: int = 102
     )
     torch.manual_seed(seed)
     model = SmolVLMForConditionalGeneration(config)
+    # A pretrained LM head gives peaked next-token distributions; a random one at the default std 0.02 caps the
+    # logits so low that no text is ever predicted confidently, and the head is frozen under LoRA. Scale it as
+    # an output layer (std 1/sqrt(hidden)) so that adapting the text model can make confident predictions.
+    torch.nn.init.normal_(model.lm_head.weight, std=TINY_TEXT["hidden_size"] ** -0.5)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -44,9 +44,9 @@ class ProspectModule(L.LightningModule):
         losses = total_loss(out, self.loss_cfg)
         on_step = split == "train"
         self.log_dict({f"{split}/{k}_loss": v for k, v in losses.items() if k != "total"},
-                      batch_size=batch.size, on_step=on_step, on_epoch=True)
+                      batch_size=batch.size, on_step=on_step, on_epoch=True, sync_dist=True)
         self.log(f"{split}/loss", losses["total"], batch_size=batch.size, prog_bar=True, on_step=on_step,
-                 on_epoch=True)
+                 on_epoch=True, sync_dist=True)
         for head, labels in (("speaking", batch.speaking), ("dst_update", batch.dst_update)):
             self.head_metrics[f"{split}_{head}"].update(torch.sigmoid(out[f"{head}_all"].detach().float()),
                                                           labels.long())
@@ -57,16 +57,21 @@ class ProspectModule(L.LightningModule):
         return losses["total"], out
 
     def _log_epoch_metrics(self, split: str) -> None:
+        # compute() all-gathers across ranks: every rank must call it, so decide from counts summed over ranks
         for head in HEADS:
             metrics = self.head_metrics[f"{split}_{head}"]
-            if metrics["auroc"].preds:  # nothing was seen (e.g. sanity check skipped)
+            if self._seen_on_any_rank(len(metrics["auroc"].preds)):
                 self.log_dict({f"{split}/{head}_{k}": v for k, v in metrics.compute().items()})
             metrics.reset()
         for kind in ("lm", "dst_gen"):
             acc = self.token_accuracy[f"{split}_{kind}"]
-            if acc.update_count:
+            if self._seen_on_any_rank(acc.update_count):
                 self.log(f"{split}/{kind}_token_accuracy", acc.compute())
             acc.reset()
+
+    def _seen_on_any_rank(self, count: int) -> bool:
+        return float(self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device),
+                                                  reduce_op="sum")) > 0
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
@@ -79,9 +84,9 @@ class ProspectModule(L.LightningModule):
         return {head: torch.sigmoid(out[f"{head}_all"].float()) for head in HEADS}
 
     def on_train_epoch_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            datamodule.set_epoch(self.current_epoch)
+        set_epoch = getattr(getattr(self.trainer, "datamodule", None), "set_epoch", None)
+        if set_epoch is not None:  # negatives are re-drawn each epoch
+            set_epoch(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
