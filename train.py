@@ -9,7 +9,10 @@ from prospect.train import train
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    print(f"run directory: {metrics['output_dir']}")
+    out = metrics["output_dir"]
+    logs = "wandb" if cfg.logger and "wandb" in cfg.logger._target_.lower() else "csv"
+    print(f"\nrun directory: {out}\n  metrics:     {out}/metrics.json\n  checkpoint:  {metrics['checkpoint']}"
+          f"\n  plots:       {out}/plots\n  logs:        {out}/{logs}")
     # the value Hydra sweepers optimise: its best epoch when it is the checkpoint monitor
     return metrics.get(f"best/{cfg.optimized_metric}", metrics.get(cfg.optimized_metric))
 

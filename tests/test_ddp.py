@@ -125,8 +125,8 @@ def test_ddp_rank_without_positive_frames(tiny_dir, tmp_path, case):
     # epoch metrics that sync across ranks (torchmetrics) must agree; ModelCheckpoint monitors one of them
     for key in ("val/speaking_auroc", "val/dst_update_auroc", "train/speaking_auroc"):
         assert math.isfinite(rank0["metrics"][key]) and rank0["metrics"][key] == rank1["metrics"][key], key
-    for key in ("train/loss_epoch", "val/loss"):  # logged with sync_dist: the mean over ranks
-        assert math.isfinite(rank0["metrics"][key]) and rank0["metrics"][key] == rank1["metrics"][key], key
+    for key in ("train/loss_epoch", "val/loss"):  # per-rank values (see ProspectModule._step)
+        assert math.isfinite(rank0["metrics"][key]) and math.isfinite(rank1["metrics"][key]), key
 
 
 @pytest.mark.slow

@@ -101,3 +101,17 @@ def test_real_architecture_shapes():
         model = SmolVLMForConditionalGeneration(cfg)
     assert model.model.image_seq_len == 64
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(256.5e6, rel=1e-3)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
+    grads = []
+    for checkpointing in (False, True):
+        vlm, tok = load_backbone(str(tiny_dir))
+        torch.manual_seed(0)
+        model = ProspectModel(vlm, 4, lora_dropout=0.0, gradient_checkpointing=checkpointing).train()
+        batch = collate([_sample(SequenceBuilder(tok, 4), vlm.config.vision_config.image_size)], tok.pad_token_id)
+        total_loss(model(batch), LossConfig())["total"].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)

@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test or None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    if isinstance(logger, WandbLogger):  # close the run: the next job of a multirun must start its own
+        logger.experiment.finish()
     metrics["checkpoint"] = str(ckpt_for_test) if ckpt_for_test else None
     metrics["output_dir"] = str(out_dir)
     if trainer.global_rank == 0:

@@ -13,7 +13,7 @@ from prospect.data.checks import FieldNames, check_clip, check_state
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate, TransitionError, apply_updates
 from prospect.data.errors import Problems
-from prospect.data.fields import field
+from prospect.data.fields import field, objects
 from prospect.data.timebase import frame_at
 
 NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx", source="frames_file",
@@ -67,11 +67,7 @@ def read_dst_clip(record: dict, problems: Problems, root: Path | None) -> Clip |
 
 def _steps(items: list, problems: Problems) -> list[Step] | None:
     steps = []
-    for i, item in enumerate(items):
-        where = f"dst[{i}]"
-        if not isinstance(item, dict):
-            problems.add(where, f"expected an object, got {type(item).__name__}")
-            continue
+    for where, item in objects(items, problems, "dst"):
         kind = field(item, "type", "string", problems, f"{where}.type", default="step")
         if kind not in ("step", None):
             problems.add(f"{where}.type", f"unsupported DST item type {kind!r} (expected 'step')")
@@ -99,11 +95,7 @@ def _events(turns: list, fps: float, start: int, state: dict[str, str] | None,
     fps = fps if fps > 0 else 1.0  # a bad fps is reported by the caller; read on to list every other problem
     last_time = start / fps
     n_before = len(problems)
-    for i, turn in enumerate(turns):
-        where = f"conversation[{i}]"
-        if not isinstance(turn, dict):
-            problems.add(where, f"expected an object, got {type(turn).__name__}")
-            continue
+    for where, turn in objects(turns, problems, "conversation"):
         role = field(turn, "role", "string", problems, f"{where}.role")
         if role is None:
             continue
@@ -142,11 +134,7 @@ def _updates(turn: dict, where: str, problems: Problems) -> list[StepUpdate] | N
     if not items:
         problems.add(f"{where}.content", "a DST_UPDATE turn with no updates")
     updates = []
-    for j, item in enumerate(items):
-        w = f"{where}.content[{j}]"
-        if not isinstance(item, dict):
-            problems.add(w, f"expected an object, got {type(item).__name__}")
-            continue
+    for w, item in objects(items, problems, f"{where}.content"):
         step_id = field(item, "id", "string", problems, f"{w}.id")
         transition = field(item, "transition", "string", problems, f"{w}.transition")
         if step_id is not None and transition is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prospect.data.errors import Problems
@@ -42,3 +43,13 @@ def field(record: dict, key: str, kind: str, problems: Problems, where: str, def
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def objects(items: list, problems: Problems, prefix: str) -> Iterator[tuple[str, dict]]:
+    """(`prefix[i]`, item) for each item of a JSON array that is an object; a problem for each that is not."""
+    for i, item in enumerate(items):
+        where = f"{prefix}[{i}]"
+        if isinstance(item, dict):
+            yield where, item
+        else:
+            problems.add(where, f"expected an object, got {type(item).__name__}")

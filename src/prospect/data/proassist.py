@@ -13,7 +13,7 @@ from pathlib import Path
 from prospect.data.checks import FieldNames, check_clip
 from prospect.data.clip import Clip, Event, Task, Video
 from prospect.data.errors import Problems
-from prospect.data.fields import field
+from prospect.data.fields import field, objects
 from prospect.data.timebase import frame_end_time
 
 NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx", source="frames_file",
@@ -61,11 +61,7 @@ def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -
     seen_frames = False
     last_time = start / fps if fps > 0 else 0.0
     n_before = len(problems)
-    for i, turn in enumerate(turns):
-        where = f"conversation[{i}]"
-        if not isinstance(turn, dict):
-            problems.add(where, f"expected an object, got {type(turn).__name__}")
-            continue
+    for where, turn in objects(turns, problems, "conversation"):
         role = field(turn, "role", "string", problems, f"{where}.role")
         if role == "frames":
             a = field(turn, "start", "integer", problems, f"{where}.start")

@@ -43,10 +43,12 @@ class ProspectModule(L.LightningModule):
         out = self.model(batch)
         losses = total_loss(out, self.loss_cfg)
         on_step = split == "train"
+        # Losses are per rank (rank 0's reach the loggers). sync_dist would all-reduce them whenever the progress
+        # bar, which only rank 0 has, reads its metrics: a collective the other ranks never join (a DDP hang).
         self.log_dict({f"{split}/{k}_loss": v for k, v in losses.items() if k != "total"},
-                      batch_size=batch.size, on_step=on_step, on_epoch=True, sync_dist=True)
+                      batch_size=batch.size, on_step=on_step, on_epoch=True)
         self.log(f"{split}/loss", losses["total"], batch_size=batch.size, prog_bar=True, on_step=on_step,
-                 on_epoch=True, sync_dist=True)
+                 on_epoch=True)
         for head, labels in (("speaking", batch.speaking), ("dst_update", batch.dst_update)):
             self.head_metrics[f"{split}_{head}"].update(torch.sigmoid(out[f"{head}_all"].detach().float()),
                                                           labels.long())
@@ -57,7 +59,8 @@ class ProspectModule(L.LightningModule):
         return losses["total"], out
 
     def _log_epoch_metrics(self, split: str) -> None:
-        # compute() all-gathers across ranks: every rank must call it, so decide from counts summed over ranks
+        # compute() all-gathers across ranks: every rank must call it, so decide from counts summed over ranks.
+        # This runs in a module hook, which every rank reaches in the same order (unlike rank 0's progress bar).
         for head in HEADS:
             metrics = self.head_metrics[f"{split}_{head}"]
             if self._seen_on_any_rank(len(metrics["auroc"].preds)):

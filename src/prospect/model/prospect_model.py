@@ -48,6 +48,7 @@ class ProspectModel(nn.Module):
         hidden = vlm.config.text_config.hidden_size
         self.speaking_head = BinaryHead(hidden, head, head_mlp_hidden, head_dropout)
         self.dst_head = BinaryHead(hidden, head, head_mlp_hidden, head_dropout)
+        self.train()  # from_pretrained returns eval mode, which would silently switch off LoRA dropout
 
     @property
     def vlm(self) -> SmolVLMForConditionalGeneration:
