@@ -49,3 +49,23 @@ def test_loss_weight_search_composes():
     assert all(isinstance(d, LogUniformDistribution) and d.low > 0 for d in space.values())
     for key in space:  # each searched key exists, so a trial's override changes the loss
         assert isinstance(OmegaConf.select(cfg, key), float), key
+
+
+def test_trainer_configs_compose():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    for name, accelerator, precision in (("cpu", "cpu", "32-true"), ("gpu", "gpu", "bf16-mixed"),
+                                         ("ddp", "gpu", "bf16-mixed"), ("fsdp", "gpu", "bf16-mixed")):
+        trainer = compose_with_hydra([f"trainer={name}", "+experiment=perframe"]).trainer
+        assert (trainer.accelerator, trainer.precision) == (accelerator, precision), name
+    fsdp = compose_with_hydra(["trainer=fsdp"]).trainer
+    assert isinstance(instantiate(fsdp.strategy), FSDPStrategy)
+
+
+def test_real_model_configs_name_hub_ids():
+    for name, hub in (("smolvlm2_256m", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"),
+                      ("smolvlm2_500m", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
+                      ("smolvlm2_2b", "HuggingFaceTB/SmolVLM2-2.2B-Instruct")):
+        model = compose_with_hydra([f"model={name}"]).model
+        assert model.backbone.source == hub and model.net.lora_r == 128 and model.net.lora_alpha == 256
+        assert model.tokens_per_frame == 16
