@@ -105,7 +105,10 @@ class SequenceBuilder:
         return self.encode(f" {text}") + [self.end_of_turn_id]
 
     def turn_ids(self, event: Event) -> list[int]:
-        return self.header_ids(event.role) + self.body_ids(event.text)
+        return self.turn_ids_of(event.role, event.text)
+
+    def turn_ids_of(self, role: str, text: str) -> list[int]:
+        return self.header_ids(role) + self.body_ids(text)
 
     # -- whole clips ----------------------------------------------------------------------------------------
     def build(self, clip: Clip) -> list[Sequence]:

@@ -14,7 +14,7 @@ from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.batch import Batch
 from prospect.model.heads import BinaryHead
-from prospect.model.vision import check_tokens_per_frame, encode_frames
+from prospect.model.vision import check_tokens_per_frame, embed_with_frames, encode_frames
 
 # LoRA on the text model's attention and MLP projections only (not the vision encoder).
 TEXT_PROJECTIONS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -38,7 +38,6 @@ class ProspectModel(nn.Module):
         super().__init__()
         check_tokens_per_frame(vlm, tokens_per_frame)
         self.tokens_per_frame = tokens_per_frame
-        self.image_token_id = vlm.config.image_token_id
         if gradient_checkpointing:
             vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.backbone = get_peft_model(vlm, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -59,25 +58,12 @@ class ProspectModel(nn.Module):
     def text_model(self) -> nn.Module:
         return self.vlm.model.text_model
 
-    def embed(self, input_ids: Tensor, frame_features: Tensor | None) -> Tensor:
-        """Token embeddings with frame features in the `<image>` slots. [B, T] -> [B, T, H]."""
-        embeds = self.text_model.get_input_embeddings()(input_ids)
-        slots = input_ids == self.image_token_id
-        if frame_features is None:
-            if slots.any():
-                raise ValueError("input has <image> tokens but no frames were given")
-            return embeds
-        if int(slots.sum()) != frame_features.shape[0] * frame_features.shape[1]:
-            raise ValueError(f"{int(slots.sum())} <image> tokens for {frame_features.shape[0]} frames of "
-                             f"{frame_features.shape[1]} tokens")
-        return embeds.masked_scatter(slots.unsqueeze(-1), frame_features.to(embeds.dtype))
-
     def encode_frames(self, pixel_values: Tensor) -> Tensor:
         return encode_frames(self.vlm, pixel_values, self.tokens_per_frame)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         feats = self.encode_frames(batch.pixel_values) if batch.pixel_values.numel() else None
-        embeds = self.embed(batch.input_ids, feats)
+        embeds = embed_with_frames(self.vlm, batch.input_ids, feats)
         hidden = self.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
         decision = hidden[batch.decision_batch, batch.decision_pos]  # [D, H]
         speaking, dst_update = self.speaking_head(decision), self.dst_head(decision)  # [D] each

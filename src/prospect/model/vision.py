@@ -48,3 +48,15 @@ def encode_frames(vlm: SmolVLMForConditionalGeneration, pixel_values: Tensor, to
     n, _, h = feats.shape
     grid = feats.transpose(1, 2).reshape(n, h, side, side)
     return F.adaptive_avg_pool2d(grid, pooled).reshape(n, h, pooled * pooled).transpose(1, 2)
+
+
+def embed_with_frames(vlm: SmolVLMForConditionalGeneration, input_ids: Tensor, frame_features: Tensor | None) -> Tensor:
+    """Token embeddings with frame features scattered into the `<image>` slots, in order. [B, T] -> [B, T, H]."""
+    embeds = vlm.model.text_model.get_input_embeddings()(input_ids)
+    slots = input_ids == vlm.config.image_token_id
+    n_frames = 0 if frame_features is None else frame_features.shape[0] * frame_features.shape[1]
+    if int(slots.sum()) != n_frames:
+        raise ValueError(f"{int(slots.sum())} <image> tokens for {n_frames} frame feature vectors")
+    if frame_features is None:
+        return embeds
+    return embeds.masked_scatter(slots.unsqueeze(-1), frame_features.to(embeds.dtype))

@@ -1,0 +1,117 @@
+"""Cache compression strategies. Each says when to compress (its token budget, minus a reserve for the next
+frame and the turns it may generate) and how it positions the tokens that follow:
+
+- `keep`: new tokens continue the original position numbering (kept keys stay where they were);
+- `rerotate`: positions are contiguous again (kept keys re-rotated, or the cache rebuilt from a new prompt),
+  so they stay below the budget on endless streams.
+
+Named settings `<strategy>_<budget>` (budget 1k, 2k or 4k tokens) and `none` are built by `make_strategy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prospect.stream.generator import StreamingGenerator
+
+
+@dataclass
+class Strategy:
+    budget: int | None = None  # most tokens the cache may hold; None: unbounded
+    name = "none"
+    position_mode = "keep"
+
+    def compress(self, gen: StreamingGenerator) -> None:
+        raise NotImplementedError
+
+    def extra_reserve(self, gen: StreamingGenerator) -> int:
+        """Tokens the compression itself adds before it frees any (the summary request and the summary)."""
+        return 0
+
+
+@dataclass
+class NoCompression(Strategy):
+    """The reference: the cache grows with the stream."""
+
+
+@dataclass
+class DropAll(Strategy):
+    """Clear the cache and restart from the initial prompt."""
+
+    name = "drop_all"
+    position_mode = "rerotate"
+
+    def compress(self, gen: StreamingGenerator) -> None:
+        gen.restart(gen.initial_prompt)
+
+
+@dataclass
+class DropMiddle(Strategy):
+    """Keep the prefix (prompt, task, first user turn) and the most recent `keep_recent` tokens."""
+
+    keep_recent: int = 512
+    name = "drop_middle"
+    position_mode = "keep"
+
+    def compress(self, gen: StreamingGenerator) -> None:
+        gen.drop_middle(gen.prefix_len, self.keep_recent, rerotate=False)
+
+
+@dataclass
+class SinkRecent(Strategy):
+    """StreamingLLM: the first `sink` tokens (attention sinks) and a recent window, re-rotated."""
+
+    sink: int = 4
+    keep_recent: int = 512
+    name = "sink_recent"
+    position_mode = "rerotate"
+
+    def compress(self, gen: StreamingGenerator) -> None:
+        gen.drop_middle(self.sink, self.keep_recent, rerotate=True)
+
+
+@dataclass
+class SummarizeAndDrop(Strategy):
+    """Ask the model for a progress summary, then restart from the prompt carrying that summary."""
+
+    name = "summarize"
+    position_mode = "rerotate"
+
+    def compress(self, gen: StreamingGenerator) -> None:
+        summary = gen.summarize()
+        gen.restart(gen.prompt(progress=summary))
+
+    def extra_reserve(self, gen: StreamingGenerator) -> int:
+        return len(gen.summarize_request_ids) + gen.turn_reserve
+
+
+@dataclass
+class DstStateRefresh(Strategy):
+    """Restart from the prompt with the task steps and the *tracked* DST state (no generation)."""
+
+    name = "dst_state"
+    position_mode = "rerotate"
+
+    def compress(self, gen: StreamingGenerator) -> None:
+        gen.restart(gen.prompt())
+
+
+STRATEGIES = {cls.name: cls for cls in (NoCompression, DropAll, DropMiddle, SinkRecent, SummarizeAndDrop,
+                                        DstStateRefresh)}
+BUDGETS = {"1k": 1024, "2k": 2048, "4k": 4096}
+
+
+def make_strategy(setting: str, **overrides) -> Strategy:
+    """`none`, or `<strategy>_<budget>` such as `drop_middle_2k`, `summarize_4k`, `dst_state_1k`. Windows of
+    drop_middle / sink_recent default to half the budget."""
+    if setting == "none":
+        return NoCompression(**overrides)
+    name, _, budget = setting.rpartition("_")
+    if name not in STRATEGIES or budget not in BUDGETS:
+        raise ValueError(f"unknown streaming setting {setting!r}: use none or <strategy>_<1k|2k|4k> with strategy "
+                         f"one of {', '.join(n for n in STRATEGIES if n != 'none')}")
+    tokens = BUDGETS[budget]
+    defaults = {"keep_recent": tokens // 2} if name in ("drop_middle", "sink_recent") else {}
+    return STRATEGIES[name](budget=tokens, **{**defaults, **overrides})

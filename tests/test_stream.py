@@ -1,0 +1,196 @@
+"""The streaming generator against independent computations: one full forward pass, model.generate, a 4D
+attention mask hiding dropped tokens, and the keep / rerotate equivalence. Tiny model, fp32, fresh random
+inputs each run."""
+
+import numpy as np
+import pytest
+import torch
+
+from prospect.data.clip import Clip, Event, Step, Task, Video
+from prospect.model.backbone import load_backbone
+from prospect.model.vision import embed_with_frames, encode_frames, pixels
+from prospect.stream import StreamingGenerator, make_strategy
+from prospect.stream.strategies import (
+    DropAll,
+    DropMiddle,
+    DstStateRefresh,
+    NoCompression,
+    SinkRecent,
+    SummarizeAndDrop,
+)
+
+TPF = 4
+
+
+@pytest.fixture
+def gen(tiny_dir):
+    vlm, tok = load_backbone(str(tiny_dir))
+    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6)
+
+
+@pytest.fixture
+def clip(tmp_path):
+    rng = np.random.default_rng()
+    from PIL import Image
+
+    from prospect.data.frames import write_arrow_frames
+
+    n = 60
+    write_arrow_frames(tmp_path / "frames" / "v.arrow",
+                       (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)))
+    return Clip(id="v/0", video=Video("frames/v.arrow", 2.0, 0, n), root=tmp_path,
+                task=Task(steps=[Step("S1", "place the red circle"), Step("S2", "place the blue square")],
+                          initial_state={"S1": "not_started", "S2": "not_started"}),
+                events=[Event("user", 1.2, 1, "I want to build the comet board."),
+                        Event("user", 10.3, 19, "What next?")])
+
+
+def frame_features(gen, clip, frames):
+    return encode_frames(gen.model, pixels([clip.frame(f) for f in frames], gen.image_size), TPF)
+
+
+def chunks(gen, clip):
+    """The per-frame token chunks the generator feeds (frame tokens + user turns decided after it)."""
+    return [gen.builder.frame_ids() + [t for e in clip.events_after(f) for t in gen.builder.turn_ids(e)]
+            for f in clip.frame_indices]
+
+
+def full_forward(gen, ids, feats, mask=None):
+    """Hidden states of one forward pass over the whole sequence at positions 0.. (optionally a 4D mask)."""
+    input_ids = torch.tensor([ids])
+    embeds = embed_with_frames(gen.model, input_ids, feats)
+    with torch.no_grad():
+        return gen.model.model.text_model(inputs_embeds=embeds, attention_mask=mask,
+                                          position_ids=torch.arange(len(ids))[None]).last_hidden_state[0]
+
+
+def test_none_equals_one_full_forward(gen, clip):
+    gen.speaking_threshold = gen.dst_threshold = 2.0  # silent: the cache holds exactly prompt + frames + inputs
+    records = list(gen.stream(clip))
+    prompt = gen.builder.prompt_ids(clip, {"S1": "not_started", "S2": "not_started"})
+    ids, ends = list(prompt), []
+    for c in chunks(gen, clip):
+        ids += c
+        ends.append(len(ids) - 1)
+    hidden = full_forward(gen, ids, frame_features(gen, clip, clip.frame_indices))[ends]  # [F, H]
+    with torch.no_grad():
+        speaking = torch.sigmoid(gen.speaking_head(hidden))
+        dst = torch.sigmoid(gen.dst_head(hidden))
+    torch.testing.assert_close(torch.tensor([r.speaking_prob for r in records]), speaking, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor([r.dst_prob for r in records]), dst, atol=1e-4, rtol=0)
+    # and the LM logits after every frame, through the generator's own feed()
+    gen.restart(prompt)
+    fed = torch.stack([gen.feed(c, frame_features(gen, clip, [f])) for f, c in zip(clip.frame_indices,
+                                                                                   chunks(gen, clip), strict=True)])
+    torch.testing.assert_close(gen.model.lm_head(fed), gen.model.lm_head(hidden), atol=1e-4, rtol=1e-4)
+    assert records[-1].cache_tokens == len(ids) and records[-1].positions == (0, len(ids) - 1)
+
+
+def test_text_only_greedy_equals_model_generate(gen):
+    prompt = torch.randint(10, len(gen.tokenizer), (23,)).tolist()
+    ours = gen.generate_text(prompt, max_new_tokens=30)
+    ref = gen.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=30, eos_token_id=gen.end_of_turn_id,
+                             pad_token_id=gen.tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    assert ours == ref
+
+
+def _feed_all(gen, clip, frames):
+    return [gen.feed(chunks(gen, clip)[f], frame_features(gen, clip, [f])) for f in frames]
+
+
+def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
+    prompt = gen.builder.prompt_ids(clip, {"S1": "not_started", "S2": "not_started"})
+    gen.restart(prompt)
+    _feed_all(gen, clip, range(0, 30))
+    before = gen.cache_tokens
+    gen.drop_middle(prefix=len(prompt), keep_recent=70, rerotate=False)
+    new = torch.stack(_feed_all(gen, clip, range(30, 36)))
+    # reference: every token at its original position; the new rows do not see the dropped columns
+    ids = list(prompt) + [t for c in chunks(gen, clip)[:36] for t in c]
+    total = len(ids)
+    allowed = torch.tril(torch.ones(total, total, dtype=torch.bool))
+    allowed[before:, len(prompt):before - 70] = False
+    mask = torch.zeros(1, 1, total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    hidden = full_forward(gen, ids, frame_features(gen, clip, range(36)), mask)
+    ends = (torch.tensor([len(c) for c in chunks(gen, clip)[30:36]]).cumsum(0) + before - 1)
+    torch.testing.assert_close(gen.model.lm_head(new), gen.model.lm_head(hidden[ends]), atol=1e-4, rtol=1e-4)
+    assert gen.positions.max() == total - 1, "keep continues the original numbering"
+
+
+def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
+    results = []
+    for rerotate in (False, True):
+        vlm, tok = load_backbone(str(tiny_dir))
+        g = StreamingGenerator(vlm, tok, TPF)
+        g.restart(g.builder.prompt_ids(clip, {"S1": "not_started", "S2": "not_started"}))
+        _feed_all(g, clip, range(0, 25))
+        g.drop_middle(prefix=0, keep_recent=90, rerotate=rerotate)
+        results.append(torch.stack(_feed_all(g, clip, range(25, 30))))
+        if rerotate:
+            assert g.positions.tolist() == list(range(90 + sum(len(c) for c in chunks(g, clip)[25:30])))
+    torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+
+
+def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
+    gen.strategy = SinkRecent(budget=200, sink=4, keep_recent=60)
+    gen.speaking_threshold = gen.dst_threshold = 0.0  # generate every turn
+    records = list(gen.stream(clip))
+    assert records[-1].compressions >= 3
+    assert max(r.positions[1] for r in records) < 200 and max(r.cache_tokens for r in records) <= 200
+
+
+@pytest.mark.parametrize("strategy", [
+    DropAll(budget=300), DropMiddle(budget=300, keep_recent=80), SinkRecent(budget=300, keep_recent=80),
+    SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)], ids=lambda s: s.name)
+def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
+    gen.strategy = strategy
+    gen.speaking_threshold = gen.dst_threshold = 0.0  # both heads fire on every frame: the most tokens
+    records = list(gen.stream(clip))
+    assert max(r.cache_tokens for r in records) <= strategy.budget
+    assert records[-1].compressions >= 2, "the budget was small enough to compress several times"
+    # the untrained model writes no valid DST update: the tracked state never moves
+    assert all(r.dst_state == {"S1": "not_started", "S2": "not_started"} for r in records)
+    assert gen.malformed_dst == sum(bool(r.dst_text) for r in records) or gen.malformed_dst > 0
+
+
+def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
+    outputs = iter(["S1->start", "S9->start", "complete S1", "S1->complete; S2->start", "S1->start"])
+    monkeypatch.setattr(gen, "_turn", lambda role: next(outputs) if role == "dst" else "")
+    gen.dst_threshold, gen.speaking_threshold = 0.0, 2.0
+    states = [r.dst_state for _, r in zip(range(5), gen.stream(clip), strict=False)]
+    assert states == [{"S1": "in_progress", "S2": "not_started"}] * 3 + [
+        {"S1": "completed", "S2": "in_progress"}] * 2
+    assert gen.malformed_dst == 3  # unknown step, not the text form, start after completion
+
+
+def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
+    vlm, tok = load_backbone(str(tiny_dir))
+    gen = StreamingGenerator(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
+                             speaking_threshold=2.0, dst_threshold=2.0)
+    records = list(gen.stream(clip))
+    first = next(r for r in records if r.summaries)
+    (summary,) = first.summaries
+    # a fresh generator whose cache holds the prompt carrying that summary, then the same frame
+    fresh = StreamingGenerator(vlm, tok, TPF, speaking_head=gen.speaking_head, dst_head=gen.dst_head)
+    fresh.clip, fresh.state = clip, dict(first.dst_state)
+    fresh.restart(fresh.prompt(progress=summary))
+    hidden = fresh.feed(chunks(fresh, clip)[first.frame], frame_features(fresh, clip, [first.frame]))
+    assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)
+    assert "Progress: " + summary in tok.decode(fresh.prompt(progress=summary))
+
+
+def test_named_settings():
+    assert isinstance(make_strategy("none"), NoCompression)
+    s = make_strategy("drop_middle_2k")
+    assert (s.name, s.budget, s.keep_recent, s.position_mode) == ("drop_middle", 2048, 1024, "keep")
+    assert make_strategy("summarize_4k").budget == 4096 and make_strategy("dst_state_1k").position_mode == "rerotate"
+    assert make_strategy("sink_recent_1k").position_mode == "rerotate"
+    with pytest.raises(ValueError, match="unknown streaming setting"):
+        make_strategy("drop_some_1k")
+
+
+def test_budget_too_small_for_what_must_be_kept(gen, clip):
+    gen.strategy = DropMiddle(budget=150, keep_recent=80)  # the prompt alone is most of it
+    with pytest.raises(ValueError, match="exceed the budget of 150"):
+        list(gen.stream(clip))
