@@ -103,3 +103,20 @@ def test_multirun_sweep_with_offline_wandb(tmp_path, trained):
         assert len(runs) == 1, f"job {job}: expected one offline wandb run"
     overrides = [(sweep / j / ".hydra" / "overrides.yaml").read_text() for j in ("0", "1")]
     assert "loss.speaking_weight=0.5" in overrides[0] and "loss.speaking_weight=2" in overrides[1]
+
+
+def test_streaming_generator_from_checkpoint(trained):
+    from prospect.data import load_clips
+    from prospect.stream import StreamingGenerator
+
+    tmp, metrics = trained
+    gen = StreamingGenerator.from_checkpoint(metrics["checkpoint"], setting="drop_middle_1k", max_new_tokens=4)
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    torch.testing.assert_close(gen.speaking_head.net[1].weight, state["model.speaking_head.net.1.weight"])
+    lora = next(k for k in state if "lora_B" in k)
+    torch.testing.assert_close(gen.model.get_submodule(lora[len("model.backbone.base_model.model."):
+                                                            -len(".weight")]).weight, state[lora])
+    clip = load_clips(tmp / "data" / "test.jsonl")[0]
+    records = list(gen.stream(clip))
+    assert [r.frame for r in records] == list(clip.frame_indices)
+    assert gen.strategy.name == "drop_middle" and all(r.cache_tokens <= 1024 for r in records)

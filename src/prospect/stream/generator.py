@@ -11,7 +11,7 @@ fed into the cache as in training. Positions are explicit (see cache.py and stra
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -173,8 +173,15 @@ class StreamingGenerator:
         return self.builder.prompt_ids(self.clip, self.state, progress)
 
     # -- streaming ---------------------------------------------------------------------------------------
+    def encode(self, clip: Clip, frame: int) -> Tensor:
+        """Features of one frame [1, tokens_per_frame, H]: vision encoder, connector, pooling."""
+        return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size), self.tokens_per_frame)
+
     @torch.no_grad()
-    def stream(self, clip: Clip) -> Iterator[FrameRecord]:
+    def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None) -> Iterator[FrameRecord]:
+        """Per-frame records of `clip`. `features(clip, frame)` may supply precomputed frame features
+        [1, tokens_per_frame, H] instead of running the vision encoder."""
+        features = features or self.encode
         self.clip, self.compressions, self.malformed_dst = clip, 0, 0
         self.state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
         self.initial_prompt = self.prompt()
@@ -192,8 +199,7 @@ class StreamingGenerator:
             self._summaries: list[str] = []
             chunk = self.builder.frame_ids() + [t for e in inputs.get(f, []) for t in self.builder.turn_ids(e)]
             self._make_room(len(chunk))
-            feats = encode_frames(self.model, pixels([clip.frame(f)], self.image_size), self.tokens_per_frame)
-            hidden = self.feed(chunk, feats)
+            hidden = self.feed(chunk, features(clip, f))
             speaking = float(torch.sigmoid(self.speaking_head(hidden)))
             dst = float(torch.sigmoid(self.dst_head(hidden)))
             dst_text = self._turn("dst") if dst >= self.dst_threshold else ""
