@@ -68,7 +68,7 @@ def test_prompt_pieces_are_what_streaming_concatenates(tokenizer):
     b = SequenceBuilder(tokenizer, tokens_per_frame=1)
     clip = hand_clip()
     (seq,) = b.build(clip)
-    stream = b.prompt_ids(clip, {"S1": "not_started"})
+    stream = b.prompt_ids(clip.task, {"S1": "not_started"})
     for f in clip.frame_indices:
         stream += b.frame_ids()
         for e in clip.events_after(f):

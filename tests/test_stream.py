@@ -67,7 +67,7 @@ def full_forward(gen, ids, feats, mask=None):
 def test_none_equals_one_full_forward(gen, clip):
     gen.speaking_threshold = gen.dst_threshold = 2.0  # silent: the cache holds exactly prompt + frames + inputs
     records = list(gen.stream(clip))
-    prompt = gen.builder.prompt_ids(clip, {"S1": "not_started", "S2": "not_started"})
+    prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
     ids, ends = list(prompt), []
     for c in chunks(gen, clip):
         ids += c
@@ -100,7 +100,7 @@ def _feed_all(gen, clip, frames):
 
 
 def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
-    prompt = gen.builder.prompt_ids(clip, {"S1": "not_started", "S2": "not_started"})
+    prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
     gen.restart(prompt)
     _feed_all(gen, clip, range(0, 30))
     before = gen.cache_tokens
@@ -123,7 +123,7 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
     for rerotate in (False, True):
         vlm, tok = load_backbone(str(tiny_dir))
         g = StreamingGenerator(vlm, tok, TPF)
-        g.restart(g.builder.prompt_ids(clip, {"S1": "not_started", "S2": "not_started"}))
+        g.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
         _feed_all(g, clip, range(0, 25))
         g.drop_middle(prefix=0, keep_recent=90, rerotate=rerotate)
         results.append(torch.stack(_feed_all(g, clip, range(25, 30))))
@@ -173,7 +173,7 @@ def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     (summary,) = first.summaries
     # a fresh generator whose cache holds the prompt carrying that summary, then the same frame
     fresh = StreamingGenerator(vlm, tok, TPF, speaking_head=gen.speaking_head, dst_head=gen.dst_head)
-    fresh.clip, fresh.state = clip, dict(first.dst_state)
+    fresh.task, fresh.state = clip.task, dict(first.dst_state)
     fresh.restart(fresh.prompt(progress=summary))
     hidden = fresh.feed(chunks(fresh, clip)[first.frame], frame_features(fresh, clip, [first.frame]))
     assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)

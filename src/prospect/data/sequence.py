@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prospect.data.clip import Clip, Event
+from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import apply_updates
 
 END_OF_TURN = "<end_of_utterance>"
@@ -84,11 +84,11 @@ class SequenceBuilder:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def prompt_ids(self, clip: Clip, state: dict[str, str], progress: str | None = None) -> list[int]:
+    def prompt_ids(self, task: Task, state: dict[str, str], progress: str | None = None) -> list[int]:
         """The system prompt with the task steps, the DST state and (for later splits) the progress summary."""
         lines = [self.system_prompt]
-        if clip.task.steps:
-            lines.append("Steps: " + "; ".join(f"{s.id} = {s.name}" for s in clip.task.steps))
+        if task.steps:
+            lines.append("Steps: " + "; ".join(f"{s.id} = {s.name}" for s in task.steps))
             lines.append("State: " + "; ".join(f"{k} {v}" for k, v in state.items()))
         if progress:
             lines.append(f"Progress: {progress}")
@@ -142,7 +142,7 @@ class SequenceBuilder:
 
     def _start(self, clip: Clip, state: dict[str, str], progress: str | None) -> Sequence:
         seq = Sequence(clip.id, clip.fps)
-        seq.append(self.prompt_ids(clip, state, progress))
+        seq.append(self.prompt_ids(clip.task, state, progress))
         return seq
 
     def _add_frame(self, seq: Sequence, frame: int, events: list[Event]) -> None:

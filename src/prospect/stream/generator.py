@@ -11,14 +11,15 @@ fed into the cache as in training. Positions are explicit (see cache.py and stra
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache, SmolVLMForConditionalGeneration
 
-from prospect.data.clip import Clip
+from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import TransitionError, apply_updates, parse_updates
 from prospect.data.sequence import INPUT_ROLES, SequenceBuilder
 from prospect.model.heads import BinaryHead
@@ -27,6 +28,17 @@ from prospect.stream import cache as kv
 from prospect.stream.strategies import NoCompression, Strategy
 
 SUMMARIZE_REQUEST = "Please summarize the progress."
+
+
+@dataclass
+class FrameInput:
+    """One frame of a stream: its index and time, its features (computed on demand), and the user or system
+    turns decided after it."""
+
+    index: int
+    time: float
+    features: Callable[[], Tensor]  # -> [1, tokens_per_frame, H]
+    events: list[Event] = field(default_factory=list)
 
 
 @dataclass
@@ -167,39 +179,47 @@ class StreamingGenerator:
         self._summaries.append(summary)
         return summary
 
-    # -- prompts -----------------------------------------------------------------------------------------
+    # -- prompts ----------------------------------------------------------------------------------------
     def prompt(self, progress: str | None = None) -> list[int]:
-        """The clip's prompt with the tracked DST state (and a progress summary), as the builder renders it."""
-        return self.builder.prompt_ids(self.clip, self.state, progress)
+        """The task's prompt with the tracked DST state (and a progress summary), as the builder renders it."""
+        return self.builder.prompt_ids(self.task, self.state, progress)
 
     # -- streaming ---------------------------------------------------------------------------------------
     def encode(self, clip: Clip, frame: int) -> Tensor:
         """Features of one frame [1, tokens_per_frame, H]: vision encoder, connector, pooling."""
-        return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size), self.tokens_per_frame)
+        with torch.no_grad():
+            return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size), self.tokens_per_frame)
 
-    @torch.no_grad()
     def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None) -> Iterator[FrameRecord]:
         """Per-frame records of `clip`. `features(clip, frame)` may supply precomputed frame features
         [1, tokens_per_frame, H] instead of running the vision encoder."""
         features = features or self.encode
-        self.clip, self.compressions, self.malformed_dst = clip, 0, 0
-        self.state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
+        inputs: dict[int, list[Event]] = {}
+        for e in clip.events:
+            if e.role in INPUT_ROLES:  # the reference's own turns (assistant, dst) are never fed
+                inputs.setdefault(e.frame, []).append(e)
+        frames = (FrameInput(f, clip.frame_timestamp(f), partial(features, clip, f), inputs.get(f, []))
+                  for f in clip.frame_indices)
+        return self.stream_frames(frames, clip.task, before=inputs.get(clip.video.start_frame - 1, []))
+
+    @torch.no_grad()
+    def stream_frames(self, frames: Iterable[FrameInput], task: Task,
+                      before: list[Event] = ()) -> Iterator[FrameRecord]:
+        """Per-frame records of any frame source (a clip, a video file, a camera): `before` holds user or
+        system turns decided before the first frame, each FrameInput the turns decided after its frame."""
+        self.task, self.compressions, self.malformed_dst = task, 0, 0
+        self.state = {s.id: task.initial_state.get(s.id, "not_started") for s in task.steps}
         self.initial_prompt = self.prompt()
         self.restart(self.initial_prompt)
-        inputs = {}
-        for e in clip.events:
-            if e.role in INPUT_ROLES:
-                inputs.setdefault(e.frame, []).append(e)
-        before = [t for e in inputs.get(clip.video.start_frame - 1, []) for t in self.builder.turn_ids(e)]
         if before:
-            self.feed(before)
+            self.feed([t for e in before for t in self.builder.turn_ids(e)])
         self.prefix_len = self.cache_tokens  # drop_middle keeps this much: prompt and what precedes frame 0
-        for f in clip.frame_indices:
+        for item in frames:
             start = time.perf_counter()
-            self._summaries: list[str] = []
-            chunk = self.builder.frame_ids() + [t for e in inputs.get(f, []) for t in self.builder.turn_ids(e)]
+            self._summaries = []
+            chunk = self.builder.frame_ids() + [t for e in item.events for t in self.builder.turn_ids(e)]
             self._make_room(len(chunk))
-            hidden = self.feed(chunk, features(clip, f))
+            hidden = self.feed(chunk, item.features())
             speaking = float(torch.sigmoid(self.speaking_head(hidden)))
             dst = float(torch.sigmoid(self.dst_head(hidden)))
             dst_text = self._turn("dst") if dst >= self.dst_threshold else ""
@@ -207,7 +227,7 @@ class StreamingGenerator:
                 self._apply_dst(dst_text)
             text = self._turn("assistant") if speaking >= self.speaking_threshold else ""
             yield FrameRecord(
-                time=clip.frame_timestamp(f), frame=f, speaking_prob=speaking, dst_prob=dst, text=text,
+                time=item.time, frame=item.index, speaking_prob=speaking, dst_prob=dst, text=text,
                 dst_text=dst_text, dst_state=dict(self.state), cache_tokens=self.cache_tokens,
                 cache_bytes=kv.cache_bytes(self.cache),
                 positions=(int(self.positions.min()), int(self.positions.max())),
