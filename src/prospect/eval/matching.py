@@ -1,0 +1,107 @@
+"""ProAssist's turn matching (DESIGN.md 5) and the dialog metrics built on it.
+
+Per video, rows are the frames where the model spoke and columns are all frames of the video. Cost of row i
+against column j: a semantic part, 1 - |cos| of the two texts' embeddings when j is a reference frame and 1 when
+j is silent, plus a time part 0.3 * (|i - j| / w) ** 1.5 with w = max(|left|, right); cells outside the window
+j in [i + left, i + right] are forbidden. Every row gets a distinct column at minimum total cost, solved densely
+(scipy's linear_sum_assignment with a large finite cost on forbidden cells: the sparse solver upstream drops
+exact-zero costs and mis-assigns). A row on a reference frame is a match (score |cos|), a row on a silent or
+forbidden cell is redundant, a reference frame no row took is missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from prospect.data.timebase import frame_at
+
+# Matching windows (left, right) in seconds per dataset, as ProAssist evaluates them.
+WINDOWS = {"ego4d": (-4.0, 8.5), "epickitchens": (-1.5, 3.0), "holoassist": (-1.5, 2.5),
+           "egoexolearn": (-2.0, 3.5), "assembly101": (-2.0, 4.0), "wtag": (-3.0, 6.0), "narration": (-2.5, 2.5)}
+GOOD_MATCH = 0.5  # semantic score above which a match counts in precision / recall
+_FORBIDDEN = 1e6
+
+Turns = Sequence[tuple[float, str]]  # (time in seconds, text)
+Similarity = Callable[[list[str], list[str]], np.ndarray]  # texts_a, texts_b -> cosine matrix [len_a, len_b]
+
+
+@dataclass
+class VideoMatch:
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)  # (pred index, ref index, |cos|)
+    redundant: int = 0
+    missed: int = 0
+    time_diffs: list[float] = field(default_factory=list)  # pred - ref, seconds, per match
+
+
+def _frames(turns: Turns, fps: float) -> list[int]:
+    return [frame_at(t, fps) for t, _ in turns]
+
+
+def match_video(pred: Turns, ref: Turns, window: tuple[float, float], fps: float,
+                similarity: Similarity) -> VideoMatch:
+    """Match one video's predicted turns to its reference turns. Times are decision times (seconds): a turn
+    at time t belongs to frame timebase.frame_at(t, fps), for predictions and references alike."""
+    pred_frames = _frames(pred, fps)
+    grouped: dict[int, list[tuple[float, str]]] = {}
+    for (t, text), f in zip(ref, _frames(ref, fps), strict=True):
+        grouped.setdefault(f, []).append((t, text))
+    # the unit is the reference *frame*: turns sharing one are joined (time of the first)
+    ref = [(turns[0][0], " ".join(text for _, text in turns)) for turns in grouped.values()]
+    ref_frames = list(grouped)
+    ref_by_frame = {f: k for k, f in enumerate(ref_frames)}
+    if not pred:
+        return VideoMatch(missed=len(ref))
+    left, right = round(window[0] * fps), round(window[1] * fps)
+    w = max(abs(left), right, 1)
+    lo = min(pred_frames + ref_frames + [0]) + left
+    hi = max(pred_frames + ref_frames) + right
+    columns = np.arange(lo, hi + 1)  # every frame any row can reach (silent frames included)
+    sims = np.abs(similarity([t for _, t in pred], [t for _, t in ref])) if ref else np.zeros((len(pred), 0))
+    cost = np.full((len(pred), len(columns)), _FORBIDDEN)
+    for i, fi in enumerate(pred_frames):
+        reach = (columns >= fi + left) & (columns <= fi + right)
+        semantic = np.ones(len(columns))
+        for c in np.flatnonzero(reach):
+            k = ref_by_frame.get(int(columns[c]))
+            if k is not None:
+                semantic[c] = 1.0 - sims[i, k]
+        timing = 0.3 * (np.abs(columns - fi) / w) ** 1.5
+        cost[i, reach] = (semantic + timing)[reach]
+    rows, cols = linear_sum_assignment(cost)
+    out = VideoMatch()
+    taken = set()
+    for i, c in zip(rows, cols, strict=True):
+        k = ref_by_frame.get(int(columns[c]))
+        if cost[i, c] >= _FORBIDDEN or k is None:
+            out.redundant += 1
+            continue
+        out.pairs.append((int(i), k, float(sims[i, k])))
+        out.time_diffs.append(pred[i][0] - ref[k][0])
+        taken.add(k)
+    out.missed = len(ref) - len(taken)
+    return out
+
+
+def stream_scores(videos: Sequence[tuple[Turns, Turns]], window: tuple[float, float], fps: float,
+                  similarity: Similarity) -> dict[str, float]:
+    """Micro-averaged matching metrics over videos of (pred, ref) turns."""
+    matched = good = redundant = missed = 0
+    diffs: list[float] = []
+    for pred, ref in videos:
+        m = match_video(pred, ref, window, fps, similarity)
+        matched += len(m.pairs)
+        good += sum(score > GOOD_MATCH for _, _, score in m.pairs)
+        redundant += m.redundant
+        missed += m.missed
+        diffs += m.time_diffs
+    precision = good / (matched + redundant) if matched + redundant else 0.0
+    recall = good / (matched + missed) if matched + missed else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    jaccard = good / (matched + missed + redundant) if matched + missed + redundant else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "jaccard": jaccard, "matched": matched,
+            "good_matched": good, "missed": missed, "redundant": redundant,
+            "mean_time_diff": float(np.mean(diffs)) if diffs else 0.0}
