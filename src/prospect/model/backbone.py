@@ -97,7 +97,9 @@ def load_backbone(
         source = str(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if architecture is not None:
-        model = SmolVLMForConditionalGeneration(architecture_config(architecture)).to(dtype)
+        config = architecture_config(architecture)
+        config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)  # the ids come from `source`'s tokenizer
+        model = SmolVLMForConditionalGeneration(config).to(dtype)
     else:
         model = SmolVLMForConditionalGeneration.from_pretrained(source, dtype=dtype)
     _ensure_pad(model, tokenizer)
@@ -110,6 +112,9 @@ def _ensure_pad(model: SmolVLMForConditionalGeneration, tokenizer: PreTrainedTok
                if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
     if missing:
         raise ValueError(f"tokenizer lacks SmolVLM special tokens {missing}; is this a SmolVLM checkpoint?")
+    if tokenizer.convert_tokens_to_ids(IMAGE) != model.config.image_token_id:
+        raise ValueError(f"the tokenizer's {IMAGE} is id {tokenizer.convert_tokens_to_ids(IMAGE)} but the model "
+                         f"expects {model.config.image_token_id}: model and tokenizer do not belong together")
     if tokenizer.pad_token is None or tokenizer.pad_token == END_OF_TURN:
         tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
