@@ -194,3 +194,20 @@ def test_budget_too_small_for_what_must_be_kept(gen, clip):
     gen.strategy = DropMiddle(budget=150, keep_recent=80)  # the prompt alone is most of it
     with pytest.raises(ValueError, match="exceed the budget of 150"):
         list(gen.stream(clip))
+
+
+def test_generated_turns_are_cached_as_training_renders_them(gen, clip):
+    """Frame chunk, then the DST turn, then the reply: header, body, end-of-turn token (added when a turn is cut
+    at max_new_tokens), exactly the layout of the sequence builder."""
+    gen.speaking_threshold = gen.dst_threshold = 0.0
+    first = next(iter(gen.stream(clip)))
+    b, eot = gen.builder, gen.end_of_turn_id
+    ids = gen.token_ids.tolist()
+    prompt, chunk = b.prompt_ids(clip.task, first.dst_state), chunks(gen, clip)[0]
+    assert ids[:len(prompt) + len(chunk)] == prompt + chunk
+    rest = ids[len(prompt) + len(chunk):]
+    dst_header, reply_header = b.header_ids("dst"), b.header_ids("assistant")
+    assert rest[:len(dst_header)] == dst_header and rest[-1] == eot
+    end_of_dst = rest.index(eot)
+    assert rest[end_of_dst + 1:end_of_dst + 1 + len(reply_header)] == reply_header
+    assert len(gen.token_ids) == first.cache_tokens == gen.cache.layers[0].keys.shape[-2]
