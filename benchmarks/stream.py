@@ -1,6 +1,6 @@
 """Streaming speed and memory per compression strategy, on a long synthetic video.
 
-    python benchmarks/stream.py [--frames 2000] [--frames-large 520] [--json PATH]
+    python benchmarks/stream.py [--frames 2000] [--frames-large 600] [--models ...] [--strategies ...] [--json PATH]
 
 For each model (the embedded tiny SmolVLM, and random weights in SmolVLM2-256M's true shapes) and strategy:
 ms per frame over the first and the last 100 frames, peak cache tokens and bytes, peak process RSS, and for
@@ -85,7 +85,7 @@ def naive_ms(gen: StreamingGenerator, clip, frame: int, features) -> float:
     return statistics.median(times)
 
 
-def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path) -> list[dict]:
+def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategies: list[str]) -> list[dict]:
     spec = MODELS[model_name]
     clip = long_video(data_root / model_name.split()[0], frames)
     corpus = [e.text for e in clip.events]
@@ -100,7 +100,7 @@ def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path) -> list[d
     per_token = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
                                 torch.finfo(vlm.dtype).bits // 8)
     rows = []
-    for setting in STRATEGIES:
+    for setting in strategies:
         gen.strategy = make_strategy(setting)
         with PeakRSS() as rss:
             records = list(gen.stream(clip, features))
@@ -130,8 +130,9 @@ def _line(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2000, help="frames of the tiny model's video")
-    parser.add_argument("--frames-large", type=int, default=520, help="frames for the 256M-shaped model")
+    parser.add_argument("--frames-large", type=int, default=600, help="frames for the 256M-shaped model")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -142,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             frames = args.frames if name == "tiny" else args.frames_large
-            rows += run(name, frames, Path(tmp) / "tiny", Path(tmp) / "data")
+            rows += run(name, frames, Path(tmp) / "tiny", Path(tmp) / "data", args.strategies.split(","))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
