@@ -58,10 +58,10 @@ class PeakRSS:
 
 
 def long_video(root: Path, frames: int):
-    """One synthetic task video of about `frames` frames (5 long steps)."""
-    seconds = frames / 2 / 5.4
+    """One synthetic task video of about `frames` frames: 3 s of lead-in and tail, then 5 equal steps."""
+    seconds = (frames / 2 - 6) / 5
     clips = synthesize(root, 1, seed=0, val_videos=0, test_videos=0, num_steps=(5, 5),
-                       step_seconds=(seconds, seconds), mistake_prob=0.0)
+                       step_seconds=(seconds, seconds), lead_seconds=(3, 3), tail_seconds=(3, 3), mistake_prob=0.0)
     return clips["train"][0]
 
 
