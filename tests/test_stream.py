@@ -104,7 +104,8 @@ def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
     gen.restart(prompt)
     _feed_all(gen, clip, range(0, 30))
     before = gen.cache_tokens
-    gen.drop_middle(prefix=len(prompt), keep_recent=70, rerotate=False)
+    gen.prefix_slots = torch.arange(len(prompt))
+    gen.drop_middle(torch.arange(len(prompt)), keep_recent=70, rerotate=False)
     new = torch.stack(_feed_all(gen, clip, range(30, 36)))
     # reference: every token at its original position; the new rows do not see the dropped columns
     ids = list(prompt) + [t for c in chunks(gen, clip)[:36] for t in c]
@@ -125,7 +126,8 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
         g = StreamingGenerator(vlm, tok, TPF)
         g.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
         _feed_all(g, clip, range(0, 25))
-        g.drop_middle(prefix=0, keep_recent=90, rerotate=rerotate)
+        g.prefix_slots = torch.arange(0)
+        g.drop_middle(torch.arange(0), keep_recent=90, rerotate=rerotate)
         results.append(torch.stack(_feed_all(g, clip, range(25, 30))))
         if rerotate:
             assert g.positions.tolist() == list(range(90 + sum(len(c) for c in chunks(g, clip)[25:30])))
@@ -141,7 +143,7 @@ def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
 
 
 @pytest.mark.parametrize("strategy", [
-    DropAll(budget=300), DropMiddle(budget=300, keep_recent=80), SinkRecent(budget=300, keep_recent=80),
+    DropAll(budget=300), DropMiddle(budget=360, keep_recent=80), SinkRecent(budget=300, keep_recent=80),
     SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)], ids=lambda s: s.name)
 def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
     gen.strategy = strategy
@@ -211,3 +213,16 @@ def test_generated_turns_are_cached_as_training_renders_them(gen, clip):
     end_of_dst = rest.index(eot)
     assert rest[end_of_dst + 1:end_of_dst + 1 + len(reply_header)] == reply_header
     assert len(gen.token_ids) == first.cache_tokens == gen.cache.layers[0].keys.shape[-2]
+
+
+def test_drop_middle_keeps_the_prompt_and_the_first_user_turn(gen, clip):
+    gen.strategy = DropMiddle(budget=360, keep_recent=80)
+    gen.speaking_threshold = gen.dst_threshold = 2.0
+    records = list(gen.stream(clip))
+    assert records[-1].compressions >= 2
+    prompt = gen.builder.prompt_ids(clip.task, records[-1].dst_state)
+    user = gen.builder.turn_ids(clip.events[0])  # decided after frame 1, among that frame's tokens
+    ids = gen.token_ids.tolist()
+    assert ids[:len(prompt) + len(user)] == prompt + user
+    first_user_position = len(prompt) + 2 * len(gen.builder.frame_ids())  # frames 0 and 1 precede it
+    assert gen.positions[len(prompt)] == first_user_position, "keep: kept tokens stay at their positions"

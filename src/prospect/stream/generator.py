@@ -131,13 +131,14 @@ class StreamingGenerator:
         self.positions, self.token_ids = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         self._last_hidden = self.feed(prompt_ids)
 
-    def drop_middle(self, prefix: int, keep_recent: int, rerotate: bool) -> None:
-        """Keep the first `prefix` and the last `keep_recent` cached tokens; re-rotate them to contiguous
-        positions, or keep their positions (new tokens then continue the original numbering)."""
+    def drop_middle(self, keep_first: Tensor, keep_recent: int, rerotate: bool) -> None:
+        """Keep the cache slots `keep_first` and the last `keep_recent` cached tokens; re-rotate them to
+        contiguous positions, or keep their positions (new tokens then continue the original numbering)."""
         n = self.cache_tokens
-        if prefix + keep_recent >= n:
+        index = torch.unique(torch.cat([keep_first, torch.arange(max(n - keep_recent, 0), n)]))  # sorted
+        if len(index) == n:
             return
-        index = torch.cat([torch.arange(prefix), torch.arange(n - keep_recent, n)])
+        self.prefix_slots = torch.searchsorted(index, self.prefix_slots)  # where the kept prefix now sits
         kv.keep_tokens(self.cache, index)
         self.positions, self.token_ids = self.positions[index], self.token_ids[index]
         if rerotate:
@@ -219,13 +220,19 @@ class StreamingGenerator:
         self.restart(self.initial_prompt)
         if before:
             self.feed([t for e in before for t in self.builder.turn_ids(e)])
-        self.prefix_len = self.cache_tokens  # drop_middle keeps this much: prompt and what precedes frame 0
+        # drop_middle's prefix: the prompt with the task, what precedes frame 0, and the first user turn
+        self.prefix_slots = torch.arange(self.cache_tokens)
+        first_user_seen = any(e.role == "user" for e in before)
         for item in frames:
             start = time.perf_counter()
             self._summaries = []
             chunk = self.builder.frame_ids() + [t for e in item.events for t in self.builder.turn_ids(e)]
             self._make_room(len(chunk))
+            start_slot = self.cache_tokens + len(self.builder.frame_ids())
             hidden = self.feed(chunk, item.features())
+            if not first_user_seen and any(e.role == "user" for e in item.events):
+                first_user_seen = True
+                self.prefix_slots = torch.cat([self.prefix_slots, self._first_user_slots(item.events, start_slot)])
             speaking = float(torch.sigmoid(self.speaking_head(hidden)))
             dst = float(torch.sigmoid(self.dst_head(hidden)))
             dst_text = self._turn("dst") if dst >= self.dst_threshold else ""
@@ -239,6 +246,15 @@ class StreamingGenerator:
                 positions=(int(self.positions.min()), int(self.positions.max())),
                 compressions=self.compressions, ms=(time.perf_counter() - start) * 1e3,
                 summaries=self._summaries)
+
+    def _first_user_slots(self, events: list[Event], slot: int) -> Tensor:
+        """Cache slots of the first user turn among `events`, whose turns start at cache slot `slot`."""
+        for e in events:
+            n = len(self.builder.turn_ids(e))
+            if e.role == "user":
+                return torch.arange(slot, slot + n)
+            slot += n
+        raise ValueError("no user turn among the events")
 
     def _make_room(self, chunk_len: int) -> None:
         budget = self.strategy.budget

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 if TYPE_CHECKING:
     from prospect.stream.generator import StreamingGenerator
 
@@ -49,14 +51,15 @@ class DropAll(Strategy):
 
 @dataclass
 class DropMiddle(Strategy):
-    """Keep the prefix (prompt, task, first user turn) and the most recent `keep_recent` tokens."""
+    """Keep the prefix (prompt with the task, turns before the first frame, the first user turn) and the most
+    recent `keep_recent` tokens."""
 
     keep_recent: int = 512
     name = "drop_middle"
     position_mode = "keep"
 
     def compress(self, gen: StreamingGenerator) -> None:
-        gen.drop_middle(gen.prefix_len, self.keep_recent, rerotate=False)
+        gen.drop_middle(gen.prefix_slots, self.keep_recent, rerotate=False)
 
 
 @dataclass
@@ -69,7 +72,7 @@ class SinkRecent(Strategy):
     position_mode = "rerotate"
 
     def compress(self, gen: StreamingGenerator) -> None:
-        gen.drop_middle(self.sink, self.keep_recent, rerotate=True)
+        gen.drop_middle(torch.arange(self.sink), self.keep_recent, rerotate=True)
 
 
 @dataclass
