@@ -18,19 +18,16 @@ from prospect.data.dst import StepUpdate, format_updates
 from prospect.data.timebase import frame_time
 
 FORMAT = "prospect-clip/1"
-ROLES = ("system", "user", "assistant", "dst")
-# Optional event kinds that change how an event is used: a progress summary answering a summarize request.
-KINDS = ("summarize_request", "summary")
 
 
 @dataclass
 class Event:
-    role: str  # one of ROLES
+    role: str  # system | user | assistant | dst
     time: float  # seconds from the start of the video
     frame: int  # absolute index of the frame after which the event is decided (start_frame - 1: before any)
     text: str = ""  # for dst events, the text form of `updates`
     updates: list[StepUpdate] = field(default_factory=list)  # dst events only
-    kind: str | None = None  # one of KINDS, or None for an ordinary turn
+    kind: str | None = None  # summarize_request (system) | summary (assistant: its answer) | None
     labels: str | None = None  # upstream labels such as "initiative|instruction"
     progress: str | None = None  # progress description of the task at this turn (assistant)
     source: str | None = field(default=None, compare=False)  # field path in the file it came from

@@ -45,7 +45,3 @@ class Problems(list):
 
     def add(self, field: str | None, reason: str) -> None:
         self.append(Problem(self.file, self.line, self.clip, field, reason))
-
-    def raise_if_any(self) -> None:
-        if self:
-            raise ClipFormatError(self)

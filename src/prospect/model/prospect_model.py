@@ -76,9 +76,3 @@ class ProspectModel(nn.Module):
             "lm_logits": lm_head(hidden[batch.lm_batch, batch.lm_pos]), "lm_targets": batch.lm_targets,
             "dst_logits": lm_head(hidden[batch.dst_batch, batch.dst_pos]), "dst_targets": batch.dst_targets,
         }
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """What a checkpoint holds: the parameters that train (LoRA, heads, optionally the connector)."""
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in keep}
-
