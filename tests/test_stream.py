@@ -104,7 +104,6 @@ def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
     gen.restart(prompt)
     _feed_all(gen, clip, range(0, 30))
     before = gen.cache_tokens
-    gen.prefix_slots = torch.arange(len(prompt))
     gen.drop_middle(torch.arange(len(prompt)), keep_recent=70, rerotate=False)
     new = torch.stack(_feed_all(gen, clip, range(30, 36)))
     # reference: every token at its original position; the new rows do not see the dropped columns
@@ -126,7 +125,6 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
         g = StreamingGenerator(vlm, tok, TPF)
         g.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
         _feed_all(g, clip, range(0, 25))
-        g.prefix_slots = torch.arange(0)
         g.drop_middle(torch.arange(0), keep_recent=90, rerotate=rerotate)
         results.append(torch.stack(_feed_all(g, clip, range(25, 30))))
         if rerotate:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
     backbone = cfg.model.backbone
     corpus = None
     if backbone.source == "tiny":  # the tiny tokenizer learns the data's texts and our prompt's words
-        corpus = datamodule.corpus() + [cfg.model.system_prompt] + PROMPT_WORDS
+        corpus = chain(datamodule.corpus(), [cfg.model.system_prompt], PROMPT_WORDS)  # read only if built
     with _lock(Path(backbone.tiny_dir).parent / ".prospect-tiny.lock"):
         vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir,
                                        architecture=backbone.architecture, tiny_corpus=corpus)

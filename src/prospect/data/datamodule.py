@@ -4,6 +4,7 @@ negatives re-drawn each epoch from (seed, epoch, index) so a resumed run sees th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -97,10 +98,11 @@ class ProspectDataModule(L.LightningDataModule):
         table = ClipDataset(self.root / self.files[split], root=self.frames_root)
         return [table[i] for i in range(len(table))]
 
-    def corpus(self) -> list[str]:
-        """Texts of the training clips, for the tiny model's tokenizer."""
-        return [e.text for clip in self.clips("train") for e in clip.events] + [
-            f"{s.id} = {s.name}" for clip in self.clips("train") for s in clip.task.steps]
+    def corpus(self) -> Iterator[str]:
+        """Texts of the training clips, for the tiny model's tokenizer (read when iterated)."""
+        for clip in self.clips("train"):
+            yield from (e.text for e in clip.events)
+            yield from (f"{s.id} = {s.name}" for s in clip.task.steps)
 
     def attach(self, builder: SequenceBuilder, image_size: int) -> None:
         """Give the module the model's sequence builder and image size (known once the model is loaded)."""

@@ -65,6 +65,17 @@ class Sequence:
             targets.append(IGNORE)
         self.input_ids.extend(ids)
 
+    def extend(self, piece: Sequence) -> None:
+        """Append a piece rendered on its own (it starts with a frame marker, which no loss learns)."""
+        offset = len(self)
+        self.input_ids += piece.input_ids
+        self.lm_targets += piece.lm_targets
+        self.dst_targets += piece.dst_targets
+        self.frames += piece.frames
+        self.decision_positions += [p + offset for p in piece.decision_positions]
+        self.speaking += piece.speaking
+        self.dst_update += piece.dst_update
+
 
 class SequenceBuilder:
     """Renders clips for a tokenizer with `tokens_per_frame` image tokens per frame."""
@@ -132,7 +143,7 @@ class SequenceBuilder:
             if self.max_seq_len and len(seq) + len(piece) > self.max_seq_len:
                 raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece)} tokens "
                                  f"with the prompt, more than max_seq_len={self.max_seq_len}")
-            self._add_frame(seq, f, events)
+            seq.extend(piece)
             for e in events:
                 if e.role == "dst":
                     state = apply_updates(state, e.updates)
