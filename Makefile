@@ -22,9 +22,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The main job on the embedded default (synthetic data + tiny model, generated on first use).
+# The main job on the embedded default (synthetic data + tiny model, generated on first use): train, then
+# evaluate the best checkpoint by streaming the test split at every setting (thresholds calibrated on val).
+DEMO := outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: $(STAMP)
-	$(BIN)/python train.py +experiment=perframe
+	$(BIN)/python train.py +experiment=perframe hydra.run.dir=$(DEMO)/train
+	$(BIN)/python eval.py hydra.run.dir=$(DEMO)/eval \
+		ckpt_path=$$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/train/metrics.json'))['checkpoint'])")
 
 clean:
 	rm -rf $(VENV)

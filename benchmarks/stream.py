@@ -16,12 +16,11 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
+from common import PeakRSS
 
 from prospect.data.synthetic import synthesize
 from prospect.model.backbone import load_backbone
@@ -31,30 +30,6 @@ from prospect.stream.cache import bytes_per_token
 STRATEGIES = ["none", "drop_all_1k", "drop_middle_1k", "summarize_1k", "dst_state_1k", "sink_recent_1k"]
 MODELS = {"tiny": dict(architecture=None, tokens_per_frame=4), "smolvlm2-256m (random)":
           dict(architecture="smolvlm2-256m", tokens_per_frame=16)}
-
-
-class PeakRSS:
-    """Samples this process's resident memory every 10 ms; `peak_mb` is the highest seen since start()."""
-
-    def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        proc = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
-            time.sleep(0.01)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_mb(self) -> float:
-        return self.peak / 2**20
 
 
 def long_video(root: Path, frames: int):

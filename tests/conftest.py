@@ -107,3 +107,29 @@ def tiny_dir(tmp_path_factory) -> Path:
     corpus = ["First, place the red circle.", "Next, place the blue square.", "S1->start; S2->complete",
               "I want to build the comet board.", "Careful, the circle should be red."] * 20
     return build_tiny(tmp_path_factory.mktemp("tiny"), corpus)
+
+
+CONF = Path(__file__).parents[1] / "conf"
+# the real configs shrunk for CPU: three short training videos, streaming validation on one short clip
+TINY_RUN = ["data.num_videos=3", "data.synthetic.val_videos=1", "data.synthetic.test_videos=2",
+            "data.synthetic.image_size=32", "data.synthetic.eval_step_seconds=[2,4]", "logger=csv",
+            "model.net.lora_dropout=0.0", "stream.max_new_tokens=4", "callbacks.streaming_validation.num_clips=1"]
+
+
+def compose_train(tmp_path: Path, overrides: list[str], run: str = "run"):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[
+            *TINY_RUN, f"paths.output_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}",
+            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """Two epochs of `+experiment=perframe` on the shrunk configs: (folder, metrics)."""
+    from prospect.train import train
+
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = compose_train(tmp, ["+experiment=perframe", "trainer.max_epochs=2"])
+    return tmp, train(cfg)

@@ -134,13 +134,17 @@ def test_train_py_ddp_on_cpu(tmp_path):
     """`train.py trainer=ddp` on two CPU processes: Lightning relaunches the script for rank 1."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "train.py", "+experiment=perframe", "trainer=ddp", "trainer.accelerator=cpu",
-           "trainer.devices=2", "trainer.precision=32-true", "trainer.max_steps=2", "logger=csv",
+           "trainer.devices=2", "trainer.precision=32-true", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+           "logger=csv",
            "data.num_videos=4", "data.synthetic.val_videos=2", "data.synthetic.test_videos=2",
-           f"data.root={tmp_path / 'data'}", f"model.backbone.tiny_dir={tmp_path / 'tiny'}",
+           "data.synthetic.eval_step_seconds=[2,4]", "callbacks.streaming_validation.num_clips=1",
+           "stream.max_new_tokens=4", f"data.root={tmp_path / 'data'}", f"model.backbone.tiny_dir={tmp_path / 'tiny'}",
            f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["test/loss"])
+    # rank 0 streamed, both ranks logged its numbers, and the checkpoint was picked by them
+    assert math.isfinite(metrics["stream/none/f1"]) and "best/stream/none/f1" in metrics
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

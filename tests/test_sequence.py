@@ -89,6 +89,16 @@ def test_long_clip_splits_with_state_and_progress(tokenizer):
     second = tokenizer.decode(parts[1].input_ids)
     assert "State: S1 in_progress" in second and "Progress: S1 in progress." in second
     assert sum(sum(p.speaking) for p in parts) == 1
+    # the first part closes like the summarize strategy's cache: the request, then the summary as learned text
+    b = SequenceBuilder(tokenizer, 2)
+    summary = b.turn_ids_of("system", "Please summarize the progress.") + b.turn_ids_of("assistant", "S1 in progress.")
+    first = parts[0]
+    assert first.input_ids[-len(summary):] == summary
+    body = b.body_ids("S1 in progress.")  # each body token is the LM target of the position before it
+    n = len(summary)
+    assert first.lm_targets[len(first) - len(body) - 1:len(first) - 1] == body and first.lm_targets[-1] == IGNORE
+    assert set(first.lm_targets[len(first) - n:len(first) - len(body) - 1]) == {IGNORE}  # request + header
+    assert all(len(p) <= limit for p in parts)  # the summary fits in the limit too
 
 
 def test_frame_too_long_for_max_seq_len(tokenizer):
@@ -106,3 +116,18 @@ def test_negative_subsampling(tokenizer):
     assert mask != decision_mask(seq, 0.1, np.random.default_rng(1)), "re-drawn with another seed (epoch)"
     per_turn = decision_mask(seq, 0.1, np.random.default_rng(0), "perturn")
     assert sum(per_turn) == 3 and per_turn[1], "the positive plus one negative in each silent gap"
+
+
+def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
+    from prospect.data.datamodule import SequenceDataset
+
+    clips = [hand_clip() for _ in range(40)]
+    for k, clip in enumerate(clips):
+        clip.id, clip.video.end_frame = f"hand/{k}", 100
+    b = SequenceBuilder(tokenizer, 2)
+    limit = len(b.build(clips[0])[0]) // 2
+    whole = SequenceDataset(clips, b, 32, 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.0)
+    half = SequenceDataset(clips, b, 32, 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.5)
+    cut = {clips[c].id for c, seq in half.items if len(seq) <= limit}
+    assert len(whole) == 40 and 10 < len(cut) < 30  # about half the clips, each cut into several sequences
+    assert len(half) == 40 - len(cut) + sum(len(b.build(c, limit)) for c in clips if c.id in cut)

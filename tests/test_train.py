@@ -8,27 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import TINY_RUN, compose_train
 
 from prospect.train import train
-
-CONF = Path(__file__).parents[1] / "conf"
-TINY_RUN = ["data.num_videos=3", "data.synthetic.val_videos=1", "data.synthetic.test_videos=2",
-            "data.synthetic.image_size=32", "logger=csv", "model.net.lora_dropout=0.0"]
-
-
-def compose_train(tmp_path: Path, overrides: list[str], run: str = "run") -> object:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[
-            *TINY_RUN, f"paths.output_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}",
-            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", *overrides])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("train")
-    cfg = compose_train(tmp, ["+experiment=perframe", "trainer.max_epochs=2"])
-    return tmp, train(cfg)
 
 
 def test_train_perframe_runs(trained):
@@ -41,7 +23,7 @@ def test_train_perframe_runs(trained):
     ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
     keys = list(ckpt["state_dict"])
     assert keys and all("lora_" in k or "_head." in k or "connector" in k for k in keys), keys[:5]
-    assert ckpt["prospect_config"]["model"]["tokens_per_frame"] == 4
+    assert ckpt["prospect_config"]["model"]["tokens_per_frame"] == 16
     assert list((run / "plots").glob("timeline_*.png")), "timeline plots are written after testing"
 
 

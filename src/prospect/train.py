@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from prospect.data.features import FeatureStore, feature_identity
 from prospect.data.sequence import PROMPT_WORDS, SequenceBuilder
 from prospect.model.backbone import load_backbone
 from prospect.model.module import ProspectModule
@@ -38,10 +39,17 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
         corpus = chain(datamodule.corpus(), [cfg.model.system_prompt], PROMPT_WORDS)  # read only if built
     with _lock(Path(backbone.tiny_dir).parent / ".prospect-tiny.lock"):
         vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir,
-                                       architecture=backbone.architecture, tiny_corpus=corpus)
+                                       architecture=backbone.architecture, tiny_corpus=corpus,
+                                       attn_implementation=backbone.get("attn_implementation", "sdpa"))
     builder = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt,
                               max_seq_len=cfg.data.max_seq_len)
-    datamodule.attach(builder, vlm.config.vision_config.image_size)
+    features = None
+    if cfg.data.get("features"):
+        if cfg.model.net.train_connector:
+            raise ValueError(f"data.features={cfg.data.features}: cached frame features need the connector frozen "
+                             "(model.net.train_connector=false)")
+        features = FeatureStore(cfg.data.features, feature_identity(vlm, cfg.model.tokens_per_frame))
+    datamodule.attach(builder, vlm.config.vision_config.image_size, features)
     model = ProspectModel(vlm, cfg.model.tokens_per_frame, **cfg.model.net)
     module = ProspectModule(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
                             instantiate(cfg.scheduler) if cfg.get("scheduler") else None,

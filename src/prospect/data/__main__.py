@@ -1,4 +1,4 @@
-"""Command line: `python -m prospect.data {validate,import,synth} ...`."""
+"""Command line: `python -m prospect.data {validate,import,synth,features} ...`."""
 
 from __future__ import annotations
 
@@ -33,8 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--test-videos", type=int)
     s.add_argument("--image-size", type=int, default=64)
 
+    f = sub.add_parser("features", help="encode every frame of the clips once into a feature store (frozen "
+                                         "vision encoder + connector + pooling)")
+    f.add_argument("clips", nargs="+", type=Path, help="clip files whose frames to encode")
+    f.add_argument("--out", type=Path, required=True, help="the store's folder")
+    f.add_argument("--model", default="tiny", help="hub id, local directory or tiny (as model.backbone.source)")
+    f.add_argument("--tiny-dir", default="models/tiny")
+    f.add_argument("--architecture", help="random weights in a real architecture (benchmarks)")
+    f.add_argument("--tokens-per-frame", type=int, required=True)
+    f.add_argument("--root", type=Path, help="folder that relative frames paths are under")
+    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--device", default="cpu")
+
     args = parser.parse_args(argv)
-    return {"validate": _validate, "import": _import, "synth": _synth}[args.command](args)
+    return {"validate": _validate, "import": _import, "synth": _synth, "features": _features}[args.command](args)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -65,6 +77,17 @@ def _synth(args: argparse.Namespace) -> int:
                         test_videos=args.test_videos, image_size=args.image_size)
     for name, clips in splits.items():
         print(f"{args.out / (name + '.jsonl')}: {len(clips)} clip(s)", file=sys.stderr)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from prospect.data.features import write_features
+    from prospect.model.backbone import load_backbone
+
+    vlm, _ = load_backbone(args.model, tiny_dir=args.tiny_dir, architecture=args.architecture)
+    clips = [c for path in args.clips for c in load_clips(path, args.root)]
+    store = write_features(args.out, clips, vlm.to(args.device).eval(), args.tokens_per_frame, args.batch_size)
+    print(f"{args.out}: {len(store.rows)} frames of {len(clips)} clip(s), model {store.identity}", file=sys.stderr)
     return 0
 
 

@@ -14,8 +14,9 @@ from prospect.data.sequence import IGNORE, Sequence
 @dataclass
 class Sample:
     seq: Sequence
-    pixel_values: Tensor  # [F, 3, S, S], the frames of seq.frames in order
+    pixel_values: Tensor  # [F, 3, S, S], the frames of seq.frames in order (empty with frame_features)
     mask: list[bool]  # per frame: counts in the head losses
+    frame_features: Tensor | None = None  # [F, tokens_per_frame, H] from a feature store, instead of pixels
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Batch:
     input_ids: Tensor  # [B, T]
     attention_mask: Tensor  # [B, T]
     pixel_values: Tensor  # [N, 3, S, S], N = frames of all sequences, in sequence order
+    frame_features: Tensor | None  # [N, tokens_per_frame, H] instead of pixel_values, from a feature store
     frame_index: Tensor  # [D] absolute frame index of each decision
     frame_time: Tensor  # [D] its timestamp in seconds
     decision_batch: Tensor  # [D] sequence of each frame's decision
@@ -64,9 +66,13 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
                     rows[1].append(pos)
                     rows[2].append(t)
     long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    features = [s.frame_features for s in samples]
+    if any(f is None for f in features):
+        features = None  # every sample has features, or none
     return Batch(
         input_ids=input_ids, attention_mask=attention_mask,
-        pixel_values=torch.cat([s.pixel_values for s in samples]), frame_index=long(dec[5]),
+        pixel_values=torch.cat([s.pixel_values for s in samples]),
+        frame_features=None if features is None else torch.cat(features), frame_index=long(dec[5]),
         frame_time=torch.tensor([f / s.seq.fps for s in samples for f in s.seq.frames], dtype=torch.float64),
         decision_batch=long(dec[0]), decision_pos=long(dec[1]), decision_mask=torch.tensor(dec[2], dtype=torch.bool),
         speaking=torch.tensor(dec[3], dtype=torch.float), dst_update=torch.tensor(dec[4], dtype=torch.float),

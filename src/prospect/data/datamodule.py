@@ -10,11 +10,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prospect.data.batch import Sample, collate
 from prospect.data.clip import Clip
 from prospect.data.dataset import ClipDataset
+from prospect.data.features import FeatureStore
 from prospect.data.sequence import SequenceBuilder, decision_mask
 from prospect.model.vision import pixels
 
@@ -22,12 +24,18 @@ SPLITS = ("train", "val", "test")
 
 
 class SequenceDataset(Dataset):
-    """The sequences of a list of clips, with frames and the decision mask produced on access."""
+    """The sequences of a list of clips, with frames and the decision mask produced on access. A share
+    `restart_share` of the clips (drawn once from the seed) is cut into sequences of at most `restart_len`
+    tokens, each starting from the prompt with the state and a summary: how the cache looks after a restart
+    (summarize, dst_state), which a model trained only on whole clips never sees."""
 
     def __init__(self, clips: list[Clip], builder: SequenceBuilder, image_size: int, neg_frame_rate: float,
-                 supervision: str, seed: int):
-        self.clips = clips
-        self.items = [(c, seq) for c, clip in enumerate(clips) for seq in builder.build(clip)]
+                 supervision: str, seed: int, restart_len: int | None = None, restart_share: float = 0.0,
+                 features: FeatureStore | None = None):
+        self.clips, self.features = clips, features
+        restarted = np.random.default_rng([seed, 1]).random(len(clips)) < restart_share
+        self.items = [(c, seq) for c, clip in enumerate(clips)
+                      for seq in builder.build(clip, restart_len if restarted[c] else None)]
         self.image_size, self.neg_frame_rate = image_size, neg_frame_rate
         self.supervision, self.seed = supervision, seed
         self.epoch = 0
@@ -42,21 +50,32 @@ class SequenceDataset(Dataset):
         c, seq = self.items[index]
         clip = self.clips[c]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return Sample(seq, pixels([clip.frame(f) for f in seq.frames], self.image_size),
-                      decision_mask(seq, self.neg_frame_rate, rng, self.supervision))
+        mask = decision_mask(seq, self.neg_frame_rate, rng, self.supervision)
+        if self.features is not None:
+            return Sample(seq, torch.zeros(0), mask, self.features.frames(clip, seq.frames))
+        return Sample(seq, pixels([clip.frame(f) for f in seq.frames], self.image_size), mask)
 
 
 class EpochShuffle(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch): exact across resumes. Lightning calls set_epoch."""
+    """A shuffle that depends only on (seed, epoch): exact across resumes. Lightning calls set_epoch.
 
-    def __init__(self, length: int, seed: int):
+    With `lengths`, the shuffled order is cut into groups of `group` indices, each sorted by length (longest
+    first), so consecutive indices, the batches, hold sequences of similar length and little padding; under DDP
+    each rank takes every world-size-th index of this order and keeps that property."""
+
+    def __init__(self, length: int, seed: int, lengths: list[int] | None = None, group: int = 64):
         self.length, self.seed, self.epoch = length, seed, 0
+        self.lengths, self.group = lengths, group
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist()
+        if self.lengths is not None:
+            order = [i for start in range(0, len(order), self.group)
+                     for i in sorted(order[start:start + self.group], key=lambda i: -self.lengths[i])]
+        return iter(order)
 
     def __len__(self) -> int:
         return self.length
@@ -75,6 +94,10 @@ class ProspectDataModule(L.LightningDataModule):
         neg_frame_rate: float = 0.1,
         supervision: str = "perframe",
         max_seq_len: int | None = 4096,
+        features: str | None = None,
+        group_by_length: bool = True,
+        restart_len: int | None = None,
+        restart_share: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
@@ -84,6 +107,11 @@ class ProspectDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.neg_frame_rate, self.supervision, self.max_seq_len, self.seed = (neg_frame_rate, supervision,
                                                                                max_seq_len, seed)
+        if not 0 <= restart_share <= 1:
+            raise ValueError(f"restart_share must be in [0, 1], got {restart_share}")
+        self.restart_len, self.restart_share = restart_len, restart_share
+        self.group_by_length = group_by_length
+        self.features = features  # path of a feature store (python -m prospect.data features), opened in build
         self.builder: SequenceBuilder | None = None
         self.datasets: dict[str, SequenceDataset] = {}
 
@@ -104,9 +132,10 @@ class ProspectDataModule(L.LightningDataModule):
             yield from (e.text for e in clip.events)
             yield from (f"{s.id} = {s.name}" for s in clip.task.steps)
 
-    def attach(self, builder: SequenceBuilder, image_size: int) -> None:
-        """Give the module the model's sequence builder and image size (known once the model is loaded)."""
-        self.builder, self.image_size = builder, image_size
+    def attach(self, builder: SequenceBuilder, image_size: int, features: FeatureStore | None = None) -> None:
+        """Give the module the model's sequence builder and image size (known once the model is loaded), and
+        the feature store to read frame features from instead of pixels."""
+        self.builder, self.image_size, self.feature_store = builder, image_size, features
         self.datasets = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -114,13 +143,16 @@ class ProspectDataModule(L.LightningDataModule):
             raise RuntimeError("ProspectDataModule.attach(builder, image_size) must be called before setup")
         for split in SPLITS:
             if split not in self.datasets and (self.root / self.files[split]).exists():
+                restarts = (self.restart_len, self.restart_share) if split == "train" else (None, 0.0)
                 self.datasets[split] = SequenceDataset(self.clips(split), self.builder, self.image_size,
-                                                       self.neg_frame_rate, self.supervision, self.seed)
+                                                       self.neg_frame_rate, self.supervision, self.seed, *restarts,
+                                                       features=self.feature_store)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
+        lengths = [len(seq) for _, seq in ds.items] if self.group_by_length and self.batch_size > 1 else None
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
-                          sampler=EpochShuffle(len(ds), self.seed) if shuffle else None,
+                          sampler=EpochShuffle(len(ds), self.seed, lengths, 64 * self.batch_size) if shuffle else None,
                           collate_fn=partial(collate, pad_id=self.builder.tokenizer.pad_token_id),
                           persistent_workers=False)
 

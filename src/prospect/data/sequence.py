@@ -33,8 +33,9 @@ ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "dst
 INPUT_ROLES = ("system", "user")
 IGNORE = -100
 # Words the prompt layout itself uses (for training a tokenizer that encodes them compactly).
+SUMMARIZE_REQUEST = "Please summarize the progress."  # the system turn that asks for a summary
 PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Steps:", "State:", "Progress:", "not_started",
-                "in_progress", "completed", "->start", "->complete"]
+                "in_progress", "completed", "->start", "->complete", SUMMARIZE_REQUEST]
 DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video, keep track of the task steps, "
                          "and speak when guidance helps.")
 
@@ -122,8 +123,12 @@ class SequenceBuilder:
         return self.header_ids(role) + self.body_ids(text)
 
     # -- whole clips ----------------------------------------------------------------------------------------
-    def build(self, clip: Clip) -> list[Sequence]:
-        """The clip as one sequence, or several when it exceeds max_seq_len."""
+    def build(self, clip: Clip, max_seq_len: int | None = None) -> list[Sequence]:
+        """The clip as one sequence, or several when it exceeds max_seq_len (this call's, else the builder's).
+        A sequence cut short ends as the summarize strategy's cache does before its restart: the summary request
+        and the progress so far as the (learned) answer; the next one starts from the prompt with the state and
+        that progress, as the restarted cache does."""
+        max_seq_len = max_seq_len or self.max_seq_len
         state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
         progress = None
         by_frame: dict[int, list[Event]] = {}
@@ -137,12 +142,15 @@ class SequenceBuilder:
             events = by_frame.get(f, [])
             piece = Sequence(clip.id, clip.fps)  # rendered alone first, to measure it and split before it if needed
             self._add_frame(piece, f, events)
-            if self.max_seq_len and len(seq) + len(piece) > self.max_seq_len and seq.frames:
+            closing = self._summary(progress) if max_seq_len else []
+            room = sum(len(self.turn_ids(e)) for e in closing)  # the summary must still fit after this frame
+            if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
+                self._add_turns(seq, closing)
                 seq = self._start(clip, state, progress)
                 sequences.append(seq)
-            if self.max_seq_len and len(seq) + len(piece) > self.max_seq_len:
-                raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece)} tokens "
-                                 f"with the prompt, more than max_seq_len={self.max_seq_len}")
+            if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
+                raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece) + room} "
+                                 f"tokens with the prompt, more than max_seq_len={max_seq_len}")
             seq.extend(piece)
             for e in events:
                 if e.role == "dst":
@@ -150,6 +158,13 @@ class SequenceBuilder:
                 if e.role == "assistant" and e.progress:
                     progress = e.progress
         return sequences
+
+    def _summary(self, progress: str | None) -> list[Event]:
+        """The summary request and its answer (the progress so far) that close a sequence cut short."""
+        if not progress:
+            return []
+        return [Event("system", 0.0, 0, SUMMARIZE_REQUEST, kind="summarize_request"),
+                Event("assistant", 0.0, 0, progress, kind="summary")]
 
     def _start(self, clip: Clip, state: dict[str, str], progress: str | None) -> Sequence:
         seq = Sequence(clip.id, clip.fps)

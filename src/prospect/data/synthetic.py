@@ -112,7 +112,8 @@ def synthesize(out_dir: Path, num_videos: int, seed: int, *, val_videos: int | N
     out_dir.mkdir(parents=True, exist_ok=True)
     clips: dict[str, list[Clip]] = {}
     for split, count in counts.items():
-        clips[split] = [_make_video(out_dir, split, i, seed, **settings) for i in range(count)]
+        split_settings = _split_settings(split, **settings)
+        clips[split] = [_make_video(out_dir, split, i, seed, **split_settings) for i in range(count)]
         lines = [json.dumps(clip.to_dict(root=out_dir)) + "\n" for clip in clips[split]]
         (out_dir / f"{split}.jsonl").write_text("".join(lines))
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -146,16 +147,28 @@ def _generation_settings(image_size: int = 64, fps: float = 2.0, num_steps: tupl
                          step_seconds: tuple[float, float] = (4.0, 12.0),
                          lead_seconds: tuple[float, float] = (2.0, 4.0),
                          tail_seconds: tuple[float, float] = (2.0, 4.0), mistake_prob: float = 0.3,
-                         noise_std: float = 6.0) -> dict:
-    """The generation settings and their defaults, in one place."""
+                         noise_std: float = 6.0, eval_num_steps: tuple[int, int] | None = None,
+                         eval_step_seconds: tuple[float, float] | None = None) -> dict:
+    """The generation settings and their defaults, in one place. `eval_num_steps` / `eval_step_seconds`
+    replace num_steps / step_seconds in the val and test splits (long held-out streams); None: the same."""
     return dict(image_size=image_size, fps=fps, num_steps=tuple(num_steps), step_seconds=tuple(step_seconds),
                 lead_seconds=tuple(lead_seconds), tail_seconds=tuple(tail_seconds), mistake_prob=mistake_prob,
-                noise_std=noise_std)
+                noise_std=noise_std, eval_num_steps=tuple(eval_num_steps or num_steps),
+                eval_step_seconds=tuple(eval_step_seconds or step_seconds))
+
+
+def _split_settings(split: str, eval_num_steps: tuple[int, int], eval_step_seconds: tuple[float, float],
+                    **settings) -> dict:
+    """The settings one split's videos are drawn with."""
+    if split != "train":
+        settings.update(num_steps=eval_num_steps, step_seconds=eval_step_seconds)
+    return settings
 
 
 def _check_settings(counts: dict[str, int], image_size: int, fps: float, num_steps: tuple[int, int],
                     step_seconds: tuple[float, float], lead_seconds: tuple[float, float],
-                    tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float) -> None:
+                    tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float,
+                    eval_num_steps: tuple[int, int], eval_step_seconds: tuple[float, float]) -> None:
     if min(counts.values()) < 0:
         raise ValueError(f"video counts must be >= 0, got {counts}")
     if image_size < 16:
@@ -164,10 +177,11 @@ def _check_settings(counts: dict[str, int], image_size: int, fps: float, num_ste
         raise ValueError(f"fps must be > 0, got {fps}")
     if not 0 <= mistake_prob <= 1:
         raise ValueError(f"mistake_prob must be in [0, 1], got {mistake_prob}")
-    if not 1 <= num_steps[0] <= num_steps[1] <= MAX_STEPS:
-        raise ValueError(f"num_steps {num_steps} must satisfy 1 <= low <= high <= {MAX_STEPS}")
-    for name, (lo, hi) in (("step_seconds", step_seconds), ("lead_seconds", lead_seconds),
-                           ("tail_seconds", tail_seconds)):
+    for name, (lo, hi) in (("num_steps", num_steps), ("eval_num_steps", eval_num_steps)):
+        if not 1 <= lo <= hi <= MAX_STEPS:
+            raise ValueError(f"{name} {(lo, hi)} must satisfy 1 <= low <= high <= {MAX_STEPS}")
+    for name, (lo, hi) in (("step_seconds", step_seconds), ("eval_step_seconds", eval_step_seconds),
+                           ("lead_seconds", lead_seconds), ("tail_seconds", tail_seconds)):
         if not 0 < lo <= hi or round(lo * fps) < 1:
             raise ValueError(f"{name} {(lo, hi)} must satisfy 0 < low <= high and last at least one frame")
 

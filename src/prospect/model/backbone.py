@@ -7,6 +7,7 @@ The tokenizer is made safe for our sequences here: its pad token must differ fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from importlib import resources
@@ -84,11 +85,12 @@ def architecture_config(name: str) -> SmolVLMConfig:
 
 def load_backbone(
     source: str, *, tiny_dir: str | Path = "models/tiny", tiny_corpus: Iterable[str] | None = None,
-    architecture: str | None = None, dtype: torch.dtype = torch.float32,
+    architecture: str | None = None, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
 ) -> tuple[SmolVLMForConditionalGeneration, PreTrainedTokenizerBase]:
     """Model and tokenizer from `source`: "tiny" (built into `tiny_dir` from `tiny_corpus` on first use),
     a local directory, or a hub id. With `architecture`, the weights are random-initialised in that real
-    architecture's shapes and the tokenizer comes from `source` (ids must fit the architecture's vocabulary)."""
+    architecture's shapes and the tokenizer comes from `source` (ids must fit the architecture's vocabulary).
+    `attn_implementation`: sdpa (PyTorch's fused attention), eager, or flash_attention_2 where installed."""
     if source == "tiny":
         if not (Path(tiny_dir) / "config.json").exists():
             if tiny_corpus is None:
@@ -99,9 +101,11 @@ def load_backbone(
     if architecture is not None:
         config = architecture_config(architecture)
         config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)  # the ids come from `source`'s tokenizer
+        config._attn_implementation = attn_implementation
         model = SmolVLMForConditionalGeneration(config).to(dtype)
     else:
-        model = SmolVLMForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        model = SmolVLMForConditionalGeneration.from_pretrained(source, dtype=dtype,
+                                                                attn_implementation=attn_implementation)
     _ensure_pad(model, tokenizer)
     return model, tokenizer
 
@@ -120,3 +124,14 @@ def _ensure_pad(model: SmolVLMForConditionalGeneration, tokenizer: PreTrainedTok
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.text_config.pad_token_id = tokenizer.pad_token_id
+
+
+def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A short hash of weights (names, shapes, a sum and the first values of each): tells apart two models
+    whose checkpoints or caches must not be mixed, such as two tiny models built from different data."""
+    digest = hashlib.sha256()
+    for name, t in named_tensors:
+        flat = t.detach().flatten().float().cpu()
+        digest.update(f"{name}{tuple(t.shape)}{float(flat.double().sum()):.6e}".encode())
+        digest.update(flat[:256].numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -118,3 +118,4 @@ class ProspectModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["prospect_config"] = self.config
+        checkpoint["base_fingerprint"] = self.model.base_fingerprint()

@@ -1,5 +1,6 @@
-"""Timeline plots: per-frame head probabilities against the reference turns, saved as PNG files and logged to
-wandb. Written after testing (teacher-forced), for the first few test clips."""
+"""Plots saved as PNG files (and logged to wandb by their callers): timelines of the per-frame head
+probabilities against the reference turns (teacher-forced after testing, for the first few test clips; and
+streamed, with compression points), and a comparison of streaming settings."""
 
 from __future__ import annotations
 
@@ -15,16 +16,23 @@ from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 
 
 def plot_timeline(path: Path, title: str, times: list[float], probs: dict[str, list[float]],
-                  reference: dict[str, list[float]]) -> Path:
-    """One panel per head: probability over time (line) and reference positive frames (shaded markers)."""
+                  reference: dict[str, list[float]], compressions: list[float] = (),
+                  thresholds: dict[str, float] | None = None) -> Path:
+    """One panel per head: probability over time (line), reference positive frames (orange), the threshold
+    (dotted) and the times the cache was compressed (grey dashed)."""
     fig, axes = plt.subplots(len(probs), 1, figsize=(12, 2.2 * len(probs)), sharex=True, squeeze=False)
     for ax, (head, p) in zip(axes[:, 0], probs.items(), strict=True):
         for t in reference[head]:
             ax.axvline(t, color="tab:orange", alpha=0.5, lw=2)
+        for t in compressions:
+            ax.axvline(t, color="tab:gray", ls="--", lw=1)
+        if thresholds and head in thresholds:
+            ax.axhline(thresholds[head], color="tab:green", ls=":", lw=1)
         ax.plot(times, p, color="tab:blue", lw=1)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"p({head})")
-    axes[0, 0].set_title(f"{title}  (orange: reference frames)")
+    legend = "orange: reference frames" + (", dashed: cache compressed" if compressions else "")
+    axes[0, 0].set_title(f"{title}  ({legend})")
     axes[-1, 0].set_xlabel("video time (s)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,3 +74,23 @@ class TimelinePlots(L.Callback):
         wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if wandb is not None and self.paths:
             wandb.log_image("test/timelines", [str(p) for p in self.paths], caption=[p.stem for p in self.paths])
+
+
+def plot_settings(path: Path, title: str, metrics: dict[str, dict[str, float]],
+                  keys: tuple[str, ...] = ("f1", "precision", "recall", "dst_f1", "bleu4")) -> Path:
+    """Grouped bars: one group per streaming setting, one bar per metric."""
+    settings = list(metrics)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings)), 3.2))
+    width = 0.8 / len(keys)
+    for k, key in enumerate(keys):
+        xs = [i + (k - (len(keys) - 1) / 2) * width for i in range(len(settings))]
+        ax.bar(xs, [metrics[s].get(key, 0.0) for s in settings], width, label=key)
+    ax.set_xticks(range(len(settings)), settings)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(ncol=len(keys), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.batch import Batch
+from prospect.model.backbone import fingerprint
 from prospect.model.heads import BinaryHead
 from prospect.model.vision import check_tokens_per_frame, embed_with_frames, encode_frames
 
@@ -54,6 +55,10 @@ class ProspectModel(nn.Module):
         """The underlying transformers model (LoRA layers injected in place)."""
         return self.backbone.base_model.model
 
+    def base_fingerprint(self) -> str:
+        """Identity of the frozen weights, which checkpoints do not hold (see backbone.fingerprint)."""
+        return fingerprint((n, p) for n, p in self.named_parameters() if not p.requires_grad)
+
     @property
     def text_model(self) -> nn.Module:
         return self.vlm.model.text_model
@@ -62,7 +67,9 @@ class ProspectModel(nn.Module):
         return encode_frames(self.vlm, pixel_values, self.tokens_per_frame)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        feats = self.encode_frames(batch.pixel_values) if batch.pixel_values.numel() else None
+        feats = batch.frame_features
+        if feats is None and batch.pixel_values.numel():
+            feats = self.encode_frames(batch.pixel_values)
         embeds = embed_with_frames(self.vlm, batch.input_ids, feats)
         hidden = self.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
         decision = hidden[batch.decision_batch, batch.decision_pos]  # [D, H]

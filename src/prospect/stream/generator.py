@@ -21,13 +21,11 @@ from transformers import DynamicCache, SmolVLMForConditionalGeneration
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import TransitionError, apply_updates, parse_updates
-from prospect.data.sequence import INPUT_ROLES, SequenceBuilder
+from prospect.data.sequence import INPUT_ROLES, SUMMARIZE_REQUEST, SequenceBuilder
 from prospect.model.heads import BinaryHead
 from prospect.model.vision import embed_with_frames, encode_frames, pixels
 from prospect.stream import cache as kv
 from prospect.stream.strategies import NoCompression, Strategy
-
-SUMMARIZE_REQUEST = "Please summarize the progress."
 
 
 @dataclass
@@ -66,6 +64,8 @@ class StreamingGenerator:
                  do_sample: bool = False, temperature: float = 1.0):
         """`model` is a transformers SmolVLM (LoRA layers may be injected); heads default to untrained ones."""
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        self.run_config: dict | None = None  # the training run's config, when built from a checkpoint
         hidden = model.config.text_config.hidden_size
         self.speaking_head = (speaking_head or BinaryHead(hidden)).eval()
         self.dst_head = (dst_head or BinaryHead(hidden)).eval()
@@ -90,20 +90,38 @@ class StreamingGenerator:
     @classmethod
     def from_checkpoint(cls, path: str, setting: str = "none", **kwargs) -> StreamingGenerator:
         """A generator from a training checkpoint (its stored config says how to rebuild the model)."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        generator = cls.from_config(ckpt["prospect_config"]["model"], state, setting, source=path,
+                                    base_fingerprint=ckpt.get("base_fingerprint"), **kwargs)
+        generator.run_config = ckpt["prospect_config"]
+        return generator
+
+    @classmethod
+    def from_config(cls, cfg: dict, state: dict[str, Tensor] | None = None, setting: str = "none", *,
+                    source: str = "config", base_fingerprint: str | None = None,
+                    device: str | torch.device = "cpu", **kwargs) -> StreamingGenerator:
+        """A generator from a model config (conf/model), with trained weights `state` (LoRA, heads, connector)
+        or none: the plain backbone with untrained heads, for zero-shot evaluation."""
         from prospect.model.backbone import load_backbone
         from prospect.model.prospect_model import ProspectModel
         from prospect.stream.strategies import make_strategy
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = ckpt["prospect_config"]["model"]
-        vlm, tokenizer = load_backbone(cfg["backbone"]["source"], tiny_dir=cfg["backbone"]["tiny_dir"],
-                                       architecture=cfg["backbone"]["architecture"])
+        backbone = cfg["backbone"]
+        vlm, tokenizer = load_backbone(backbone["source"], tiny_dir=backbone["tiny_dir"],
+                                       architecture=backbone["architecture"],
+                                       attn_implementation=backbone.get("attn_implementation", "sdpa"))
         net = ProspectModel(vlm, cfg["tokens_per_frame"], **cfg["net"])
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-        missing = set(state) - set(net.state_dict())
-        if missing:
-            raise ValueError(f"{path}: checkpoint weights that this model does not have: {sorted(missing)[:3]}")
-        net.load_state_dict(state, strict=False)
+        if base_fingerprint is not None and net.base_fingerprint() != base_fingerprint:
+            raise ValueError(f"{source}: trained on a base model with other weights than {backbone['source']}"
+                             f" (tiny_dir {backbone['tiny_dir']}) holds now; the checkpoint only stores "
+                             "what trains, so it needs the very base model it was trained on")
+        if state is not None:
+            unknown = set(state) - set(net.state_dict())
+            if unknown:
+                raise ValueError(f"{source}: checkpoint weights that this model does not have: {sorted(unknown)[:3]}")
+            net.load_state_dict(state, strict=False)
+        net.to(device)
         return cls(net.vlm, tokenizer, cfg["tokens_per_frame"], net.speaking_head, net.dst_head,
                    make_strategy(setting), system_prompt=cfg.get("system_prompt"), **kwargs)
 
@@ -117,10 +135,11 @@ class StreamingGenerator:
         """Append tokens (frame features in their `<image>` slots) to the cache; the last hidden state [H]."""
         input_ids = torch.tensor([ids])
         positions = torch.arange(self.next_position, self.next_position + len(ids))
-        embeds = embed_with_frames(self.model, input_ids, frame_features)
-        mask = torch.ones(1, self.cache_tokens + len(ids), dtype=torch.long)
-        out = self.model.model.text_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions[None],
-                                          cache=self.cache, use_cache=True)
+        embeds = embed_with_frames(self.model, input_ids.to(self.device), frame_features)
+        mask = torch.ones(1, self.cache_tokens + len(ids), dtype=torch.long, device=self.device)
+        out = self.model.model.text_model(inputs_embeds=embeds, attention_mask=mask,
+                                          position_ids=positions[None].to(self.device), cache=self.cache,
+                                          use_cache=True)
         self.positions = torch.cat([self.positions, positions])
         self.token_ids = torch.cat([self.token_ids, input_ids[0]])
         self.next_position += len(ids)
@@ -194,7 +213,8 @@ class StreamingGenerator:
     def encode(self, clip: Clip, frame: int) -> Tensor:
         """Features of one frame [1, tokens_per_frame, H]: vision encoder, connector, pooling."""
         with torch.no_grad():
-            return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size), self.tokens_per_frame)
+            return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size).to(self.device),
+                                 self.tokens_per_frame)
 
     def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None) -> Iterator[FrameRecord]:
         """Per-frame records of `clip`. `features(clip, frame)` may supply precomputed frame features

@@ -1,0 +1,122 @@
+"""Training throughput with frame features cached vs encoded on the fly, side by side.
+
+    python benchmarks/train.py [--steps 4] [--frames 8] [--models tiny,smolvlm2-256m] [--json PATH]
+
+For each model (the embedded tiny SmolVLM; random weights in SmolVLM2-256M's true shapes) and tokens per frame,
+one training step is forward + backward + AdamW on a batch of synthetic clips cut to `--frames` frames, with
+the connector frozen (what caching requires). `raw` encodes the frames with the vision encoder and connector
+at every step; `cached` reads them from a feature store written once beforehand (its one-time cost is printed
+apart). Every configuration runs in a fresh process, so its peak RSS is its own. Reports samples/s, tokens/s
+(sequence tokens, frames included), the cached/raw ratio and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import PeakRSS
+
+MODELS = {"tiny": dict(architecture=None, tokens_per_frame=[4, 16]),
+          "smolvlm2-256m": dict(architecture="smolvlm2-256m", tokens_per_frame=[16, 64])}
+
+
+def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames: int, batch: int,
+            work: str) -> dict:
+    """One configuration, in the calling (fresh) process."""
+    from prospect.data.batch import collate
+    from prospect.data.datamodule import SequenceDataset
+    from prospect.data.features import write_features
+    from prospect.data.sequence import SequenceBuilder
+    from prospect.data.synthetic import synthesize
+    from prospect.model.backbone import load_backbone
+    from prospect.model.prospect_model import ProspectModel
+
+    torch.manual_seed(0)
+    work = Path(work)
+    clips = synthesize(work / "data", batch, seed=0, val_videos=0, test_videos=0)["train"]
+    for clip in clips:  # cut to `frames` frames: steps of similar length whatever the video
+        clip.video.end_frame = clip.video.start_frame + frames
+        clip.events = [e for e in clip.events if e.frame < clip.video.end_frame]
+    corpus = [e.text for c in clips for e in c.events]
+    vlm, tok = load_backbone("tiny", tiny_dir=work / "tiny", tiny_corpus=corpus,
+                             architecture=MODELS[model]["architecture"])
+    setup = 0.0
+    store = None
+    if features == "cached":
+        start = time.perf_counter()
+        store = write_features(work / f"store-{model}-{tokens_per_frame}", clips, vlm.eval(), tokens_per_frame)
+        setup = time.perf_counter() - start
+    net = ProspectModel(vlm, tokens_per_frame, train_connector=False)
+    builder = SequenceBuilder(tok, tokens_per_frame)
+    data = SequenceDataset(clips, builder, vlm.config.vision_config.image_size, 1.0, "perframe", 0,
+                           features=store)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> int:
+        b = collate([data[i] for i in range(batch)], tok.pad_token_id)  # frames read (or looked up) every step
+        out = net(b)
+        loss = out["lm_logits"].float().logsumexp(-1).mean() + out["speaking_all"].float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return int(b.attention_mask.sum())
+
+    step()  # warm-up
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        tokens = sum(step() for _ in range(steps))
+        elapsed = time.perf_counter() - start
+    return {"model": model, "tokens_per_frame": tokens_per_frame, "features": features,
+            "samples_per_s": steps * batch / elapsed, "tokens_per_s": tokens / elapsed, "peak_rss_mb": rss.peak_mb,
+            "store_seconds": setup, "frames": frames, "batch": batch, "steps": steps}
+
+
+def _child(queue, kwargs) -> None:
+    queue.put(measure(**kwargs))
+
+
+def run_isolated(**kwargs) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, kwargs))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=8, help="frames per training sample")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    print("| model | tokens/frame | features | samples/s | tokens/s | cached/raw | peak RSS MB | store s |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as work:
+        for model in args.models.split(","):
+            for tpf in MODELS[model]["tokens_per_frame"]:
+                pair = {}
+                for features in ("raw", "cached"):
+                    row = run_isolated(model=model, tokens_per_frame=tpf, features=features, steps=args.steps,
+                                       frames=args.frames, batch=args.batch, work=work)
+                    pair[features] = row
+                    rows.append(row)
+                    ratio = row["samples_per_s"] / pair["raw"]["samples_per_s"]
+                    print(f"| {model} | {tpf} | {features} | {row['samples_per_s']:.3f} | {row['tokens_per_s']:.0f} "
+                          f"| {ratio:.1f}x | {row['peak_rss_mb']:.0f} | {row['store_seconds']:.1f} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

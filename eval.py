@@ -1,0 +1,17 @@
+"""Evaluate a checkpoint by streaming: `python eval.py ckpt_path=PATH stream.settings=[none,drop_middle_1k]`
+(see README, Evaluation)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from prospect.evaluate import run_eval
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_eval(cfg)
+    print(f"\nwritten to {cfg.paths.output_dir}: eval_metrics.json, eval_metrics.csv, dialog.csv, plots/")
+
+
+if __name__ == "__main__":
+    main()

