@@ -86,9 +86,9 @@ def plot_settings(path: Path, title: str, metrics: dict[str, dict[str, float]],
         xs = [i + (k - (len(keys) - 1) / 2) * width for i in range(len(settings))]
         ax.bar(xs, [metrics[s].get(key, 0.0) for s in settings], width, label=key)
     ax.set_xticks(range(len(settings)), settings)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.set_title(title)
-    ax.legend(ncol=len(keys), fontsize=8, loc="lower right")
+    ax.legend(ncol=len(keys), fontsize=8, loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
