@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from prospect.eval.encoder import PACKAGED, SentenceEncoder, load_encoder
+from prospect.eval.encoder import PACKAGED, load_encoder
 from prospect.eval.report import log_to_wandb, metrics_table, save_plots
 from prospect.eval.streaming import evaluate
 from prospect.stream.generator import StreamingGenerator
@@ -37,7 +37,6 @@ class StreamingValidation(L.Callback):
         self.max_new_tokens, self.encoder_source = max_new_tokens, encoder
         self.window = tuple(window) if window else None
         self.dirpath, self.max_plots = Path(dirpath), max_plots
-        self.encoder: SentenceEncoder | None = None
         self.latest: dict[str, dict[str, float]] = {}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -54,25 +53,24 @@ class StreamingValidation(L.Callback):
 
     def _stream(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
         net, builder = pl_module.model, trainer.datamodule.builder
-        if self.encoder is None:
-            self.encoder = load_encoder(self.encoder_source)
+        encoder = load_encoder(self.encoder_source)  # loaded once per process
         generator = StreamingGenerator(net.vlm, builder.tokenizer, net.tokens_per_frame, net.speaking_head,
                                        net.dst_head, system_prompt=builder.system_prompt,
                                        max_new_tokens=self.max_new_tokens)
         clips = trainer.datamodule.clips("val")[: self.num_clips]
-        results = evaluate(generator, clips, self.settings, self.encoder, self.thresholds, self.window,
+        results = evaluate(generator, clips, self.settings, encoder, self.thresholds, self.window,
                            desc=f"streaming validation, epoch {trainer.current_epoch}")
         metrics = {s: r.metrics for s, r in results.items()}
         out = self.dirpath / f"epoch{trainer.current_epoch:03d}"
         plots = save_plots(results, out, self.max_plots)
         (out / "stream_metrics.json").write_text(json.dumps(
-            {"encoder": self.encoder.name, "epoch": trainer.current_epoch, "thresholds": self.thresholds,
+            {"encoder": encoder.name, "epoch": trainer.current_epoch, "thresholds": self.thresholds,
              "clips": [c.id for c in clips], "settings": metrics}, indent=2) + "\n")
         print(f"\nstreaming validation, epoch {trainer.current_epoch} ({len(clips)} clips, encoder "
-              f"{self.encoder.name}):\n{metrics_table(metrics)}")
+              f"{encoder.name}):\n{metrics_table(metrics)}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.experiment.config.update({"stream_encoder": self.encoder.name}, allow_val_change=True)
+                logger.experiment.config.update({"stream_encoder": encoder.name}, allow_val_change=True)
                 log_to_wandb(logger, results, plots, "stream")
         return metrics
 

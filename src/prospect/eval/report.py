@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
-from prospect.eval.streaming import DIALOG_COLUMNS, SettingResult, StreamedClip, dialog_rows
+from prospect.eval.streaming import DIALOG_COLUMNS, SettingResult, StreamedClip, dialog_rows, reference_events
 from prospect.model.plots import plot_settings, plot_timeline
 
 TABLE_KEYS = ("f1", "precision", "recall", "bleu4", "cider", "rouge_l", "dst_f1", "dst_state_accuracy",
@@ -34,7 +34,7 @@ def _fmt(value) -> str:
 def plot_stream(path: Path, streamed: StreamedClip, setting: str, thresholds: tuple[float, float]) -> Path:
     """Head probabilities of one streamed clip against its reference events, with the compression points."""
     clip = streamed.clip
-    reference = {head: [clip.frame_timestamp(e.frame) for e in clip.events if e.role == role and e.kind != "summary"]
+    reference = {head: [clip.frame_timestamp(e.frame) for e in reference_events(clip, role)]
                  for head, role in (("speaking", "assistant"), ("dst_update", "dst"))}
     probs = {"speaking": [r.speaking_prob for r in streamed.records],
              "dst_update": [r.dst_prob for r in streamed.records]}

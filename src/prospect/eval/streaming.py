@@ -45,10 +45,14 @@ class StreamedClip:
         return [r.time for r, before in zip(self.records, counts, strict=False) if r.compressions > before]
 
 
+def reference_events(clip: Clip, role: str) -> list:
+    """The reference's assistant or dst events; answers to summary requests are not dialog."""
+    return [e for e in clip.events if e.role == role and e.kind != "summary"]
+
+
 def reference_turns(clip: Clip) -> tuple[Turns, Turns]:
-    """(dialog turns, DST-update turns) of the reference; answers to summary requests are not dialog."""
-    return ([(e.time, e.text) for e in clip.events if e.role == "assistant" and e.kind != "summary"],
-            [(e.time, e.text) for e in clip.events if e.role == "dst"])
+    """(dialog turns, DST-update turns) of the reference."""
+    return tuple([(e.time, e.text) for e in reference_events(clip, role)] for role in ("assistant", "dst"))
 
 
 @dataclass
@@ -145,7 +149,7 @@ def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
     for head, role, attr in (("speaking", "assistant", "speaking_prob"), ("dst_update", "dst", "dst_prob")):
         probs, labels = [], []
         for s in streamed:
-            positive = {e.frame for e in s.clip.events if e.role == role and e.kind != "summary"}
+            positive = {e.frame for e in reference_events(s.clip, role)}
             probs += [getattr(r, attr) for r in s.records]
             labels += [r.frame in positive for r in s.records]
         if 0 < sum(labels) < len(labels):  # both classes present, otherwise undefined
