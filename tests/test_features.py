@@ -1,12 +1,15 @@
 """The frame feature cache: the same logits as encoding on the fly (training batches and streaming), a store
-of another model or other settings refused, and a training run on cached features equal to one on frames."""
+of another model or other settings refused, and a training run on cached features equal to one on frames (and
+evaluated from the store, the same scores)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
+from conftest import CONF, compose_train
+from hydra import compose, initialize_config_dir
 
 from prospect.data.__main__ import main as data_cli
 from prospect.data.batch import collate
@@ -14,6 +17,7 @@ from prospect.data.datamodule import SequenceDataset
 from prospect.data.features import FeatureStore, feature_identity, write_features
 from prospect.data.sequence import SequenceBuilder
 from prospect.data.synthetic import synthesize
+from prospect.evaluate import run_eval
 from prospect.model.backbone import build_tiny, load_backbone
 from prospect.model.prospect_model import ProspectModel
 from prospect.stream import StreamingGenerator
@@ -70,6 +74,14 @@ def test_store_of_another_model_or_setting_is_refused(tiny_dir, cached, tmp_path
     clip.video.source = str(tmp_path / "elsewhere.arrow")
     with pytest.raises(KeyError, match="not in the feature store"):
         store(clip, clip.video.start_frame)
+    rewritten, frames = clips[1], clips[1].frames_path  # frames written again after the store (same path)
+    stat = frames.stat()
+    os.utime(frames, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    try:
+        with pytest.raises(ValueError, match="changed since this store was written"):
+            FeatureStore(store.path, store.identity)(rewritten, rewritten.video.start_frame)
+    finally:
+        os.utime(frames, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_training_on_cached_features_equals_training_on_frames(trained, tmp_path):
@@ -91,6 +103,18 @@ def test_training_on_cached_features_equals_training_on_frames(trained, tmp_path
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
     assert json.loads((tmp_path / "store" / "identity.json").read_text())["tokens_per_frame"] == 16
+    # eval.py on the features run streams from the store its data config names: the same scores and dialog
+    reports = {}
+    for run in ("frames", "features"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / run / 'checkpoints' / 'last.ckpt'}",
+                                             f"paths.output_dir={tmp_path / ('eval-' + run)}", "calibrate=false",
+                                             "num_clips=1", "stream.settings=[none]", "stream.max_new_tokens=4"])
+        reports[run] = run_eval(cfg)
+    for key in ("f1", "dst_f1", "speaking_auroc", "peak_cache_tokens"):
+        assert reports["features"]["none"][key] == pytest.approx(reports["frames"]["none"][key], abs=1e-6), key
+    assert (tmp_path / "eval-features" / "dialog.csv").read_text() == (tmp_path / "eval-frames" /
+                                                                       "dialog.csv").read_text()
     with pytest.raises(ValueError, match="connector frozen"):
         train(compose_train(tmp_path, [*base, "model.net.train_connector=true",
                                        f"data.features={tmp_path / 'store'}"], "refused"))

@@ -130,6 +130,21 @@ def test_changes_appear_exactly_at_event_frames(dataset):
     assert checked["dst"] >= 40 and checked["correction"] >= 3, checked
 
 
+def test_only_the_tasks_slots_are_outlined(dataset):
+    """How many steps a task has is visible: its slots have an outline, the others are bare board."""
+    _, clips = dataset
+    seen = set()
+    for clip in all_clips(clips):
+        first = np.asarray(clip.frame(clip.video.start_frame)).astype(np.int16)
+        for slot in range(6):
+            x0, y0, x1, y1 = slot_box(slot, SIZE)
+            edge = np.concatenate([first[y0, x0:x1], first[y1 - 1, x0:x1], first[y0:y1, x0], first[y0:y1, x1 - 1]])
+            outlined = bool(np.median(edge.mean(-1)) > 85)  # outline about 111, bare board about 52 (+ noise)
+            assert outlined == (slot < len(clip.task.steps)), (clip.id, slot, np.median(edge.mean(-1)))
+        seen.add(len(clip.task.steps))
+    assert len(seen) > 1
+
+
 def test_slot_boxes_tile_the_board():
     boxes = [slot_box(s, 64) for s in range(6)]
     for x0, y0, x1, y1 in boxes:

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from prospect.data.features import FeatureStore, feature_identity
 from prospect.eval.encoder import load_encoder
 from prospect.eval.report import (
     log_to_wandb,
@@ -33,6 +34,9 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
         datamodule.prepare_data()
     encoder = load_encoder(cfg.encoder)
+    store = None
+    if data_cfg.get("features"):  # frame features read from the store the data config names
+        store = FeatureStore(data_cfg["features"], feature_identity(generator.model, generator.tokens_per_frame))
     settings = list(cfg.stream.settings)
     window = tuple(cfg.window) if cfg.window else None
     thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_threshold)
@@ -41,12 +45,13 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         cal = cfg.calibration
         val = _clips(datamodule, cal.split, cal.num_clips)
         calibration = calibrate(generator, val, settings, encoder, list(cal.speaking), list(cal.dst), thresholds,
-                                window)
+                                window, store)
         thresholds = {s: c["thresholds"] for s, c in calibration.items()}
         (out_dir / "calibration.json").write_text(json.dumps(
             {"split": cal.split, "clips": len(val), "encoder": encoder.name, "settings": calibration}, indent=2) + "\n")
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
-    results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}")
+    results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
+                       store=store)
     report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_threshold": r.thresholds[1],
                   "thresholds_from": f"calibrated on {cfg.calibration.split}" if calibration else "config",
                   "encoder": encoder.name, "split": cfg.split, "checkpoint": cfg.ckpt_path}

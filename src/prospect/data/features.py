@@ -3,7 +3,9 @@ connector, pooling to tokens_per_frame) never change during training, so they ar
 stored in an Arrow table keyed by video (absolute frames path) and absolute frame index.
 
 The store records the identity of what produced it (a fingerprint of the vision encoder and connector weights,
-tokens per frame, image size, hidden size); opening it for another model or other settings is refused.
+tokens per frame, image size, hidden size); opening it for another model or other settings is refused. It also
+records each video's frames file size and modification time: frames rewritten since (regenerated synthetic data,
+say) are refused instead of silently read with stale features.
 `python -m prospect.data features CLIPS... --out DIR --model ...` writes one.
 """
 
@@ -25,6 +27,7 @@ from prospect.model.backbone import fingerprint
 from prospect.model.vision import encode_frames, pixels
 
 IDENTITY_FILE = "identity.json"
+VIDEOS_FILE = "videos.json"  # video key -> [size, mtime_ns] of its frames when they were encoded
 
 
 def feature_identity(vlm, tokens_per_frame: int) -> dict:
@@ -38,6 +41,11 @@ def feature_identity(vlm, tokens_per_frame: int) -> dict:
 
 def _video_key(clip: Clip) -> str:
     return str(clip.frames_path.resolve())
+
+
+def _video_stamp(video: str) -> list[int]:
+    stat = Path(video).stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 class FeatureStore:
@@ -58,9 +66,20 @@ class FeatureStore:
         self.table = datasets.load_from_disk(str(self.path / "table")).with_format("numpy")
         self.rows = {(v, int(f)): i for i, (v, f) in enumerate(zip(self.table["video"], self.table["frame"],
                                                                      strict=True))}
+        self.stamps = json.loads((self.path / VIDEOS_FILE).read_text())
+        self.checked: set[str] = set()
+
+    def _check(self, clip: Clip, video: str) -> None:
+        """Refuse a video whose frames changed since they were encoded (once per video and process)."""
+        if video not in self.checked:
+            if video in self.stamps and _video_stamp(video) != self.stamps[video]:
+                raise ValueError(f"{self.path}: clip {clip.id}: the frames {video} changed since this store was "
+                                 "written (size or modification time); write the store again")
+            self.checked.add(video)
 
     def frames(self, clip: Clip, frames: list[int]) -> Tensor:
         video = _video_key(clip)
+        self._check(clip, video)
         missing = [f for f in frames if (video, f) not in self.rows]
         if missing:
             raise KeyError(f"{self.path}: clip {clip.id}: frames {missing[:5]} of {video} are not in the feature "
@@ -101,4 +120,6 @@ def write_features(path: str | Path, clips: Iterable[Clip], vlm, tokens_per_fram
     table.save_to_disk(str(path / "table"))
     shutil.rmtree(path / ".build", ignore_errors=True)
     (path / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    stamps = {video: _video_stamp(video) for video in {v for v, _ in todo}}
+    (path / VIDEOS_FILE).write_text(json.dumps(stamps, indent=1, sort_keys=True) + "\n")
     return FeatureStore(path, identity)

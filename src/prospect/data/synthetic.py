@@ -1,7 +1,8 @@
 """Procedurally generated task videos: the embedded default dataset (DESIGN.md 2.6, docs/synthetic-tasks.md).
 
-A video shows a board with one slot per task step. A step in progress shows its object as an outline with a
-jittering hand; a completed step shows it filled. Transitions and occasional mistake cues happen at random
+A video shows a board with one outlined slot per task step (slots the task does not use stay blank, so how
+many steps remain is visible). A step in progress shows its object as an outline with a jittering hand; a
+completed step shows it filled. Transitions and occasional mistake cues happen at random
 times and are visible only in the frames. Output uses the real on-disk formats (frames Arrow + clips JSONL),
 so the whole real data path is exercised. It is not a model of real video, only something a tiny
 vision-language model can learn on a CPU in minutes.
@@ -23,6 +24,7 @@ from prospect.data.dst import StepUpdate, apply_updates
 from prospect.data.frames import write_arrow_frames
 from prospect.data.timebase import frame_at
 
+VERSION = 2  # of the rendering and events: data written by another version is regenerated
 SPLITS = {"train": 0, "val": 1, "test": 2}  # split name -> code in the per-video RNG seed
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
@@ -40,7 +42,7 @@ MAX_STEPS = GRID_COLS * GRID_ROWS
 _MARGIN = 0.05  # board inset, as a fraction of the image size
 _BACKGROUND = (150, 120, 90)  # table around the board
 _BOARD = (45, 50, 60)  # dark, so every palette colour stands out
-_SLOT_LINE = (72, 78, 92)
+_SLOT_LINE = (100, 108, 125)  # outline of the slots the task uses
 _HAND = (232, 186, 150)
 _WARNING = (255, 140, 0)  # not a palette colour: the marker is never mistaken for an object
 _FLASH = (255, 255, 255)  # the one-frame ring marking the moment a step starts or completes
@@ -126,7 +128,7 @@ def synthetic_manifest(num_videos: int, seed: int, *, val_videos: int | None = N
     default_eval = max(2, num_videos // 4)
     counts = {"train": num_videos, "val": default_eval if val_videos is None else val_videos,
               "test": default_eval if test_videos is None else test_videos}
-    manifest = {"generator": "prospect.data.synthetic", "seed": seed, "videos": counts,
+    manifest = {"generator": "prospect.data.synthetic", "version": VERSION, "seed": seed, "videos": counts,
                 **_generation_settings(**settings)}
     return json.loads(json.dumps(manifest))  # tuples as JSON lists, as read back from the file
 
@@ -312,7 +314,7 @@ def _render_video(rng: np.random.Generator, steps: list[_StepPlan], num_frames: 
         draw = ImageDraw.Draw(image)
         board = round(_MARGIN * canvas)
         draw.rectangle([board, board, canvas - board - 1, canvas - board - 1], fill=_BOARD)
-        for slot in range(MAX_STEPS):
+        for slot in range(len(steps)):  # the task's slots only
             x0, y0, x1, y1 = slot_box(slot, canvas)
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=_SLOT_LINE, width=_SUPERSAMPLE)
         for d in distractors:

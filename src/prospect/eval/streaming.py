@@ -18,6 +18,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from tqdm.auto import tqdm
 
 from prospect.data.clip import Clip
+from prospect.data.features import FeatureStore
 from prospect.data.timebase import frame_end_time
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
 from prospect.eval.matching import WINDOWS, Similarity, Turns, VideoMatch, aggregate, match_video
@@ -66,15 +67,16 @@ class SettingResult:
 
 
 class FeatureMemo:
-    """Frame features [1, tokens_per_frame, H] per (clip, frame), computed by the generator's vision path once."""
+    """Frame features [1, tokens_per_frame, H] per (clip, frame), computed once: by the generator's vision path,
+    or read from a feature store (python -m prospect.data features) when one is given."""
 
-    def __init__(self, generator: StreamingGenerator):
-        self.generator, self.store = generator, {}
+    def __init__(self, generator: StreamingGenerator, store: FeatureStore | None = None):
+        self.source, self.store = store or generator.encode, {}
 
     def __call__(self, clip: Clip, frame: int) -> Tensor:
         key = (clip.id, frame)
         if key not in self.store:
-            self.store[key] = self.generator.encode(clip, frame)
+            self.store[key] = self.source(clip, frame)
         return self.store[key]
 
     def forget(self, clip: Clip) -> None:
@@ -84,12 +86,13 @@ class FeatureMemo:
 def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
              similarity: Similarity, thresholds: Thresholds | Mapping[str, Thresholds],
              window: tuple[float, float] | None = None, features: FeatureMemo | None = None,
-             desc: str = "streaming") -> dict[str, SettingResult]:
+             desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, SettingResult]:
     """Stream every clip at every setting (a progress bar counts frames) and score each setting.
     `thresholds` is one (speaking, dst) pair or one per setting; `window` (seconds) overrides the per-dataset
-    windows; a given `features` memo is kept (reuse it across calls on the same clips)."""
+    windows; a given `features` memo is kept (reuse it across calls on the same clips); otherwise frame features
+    come from `store` when given, else from the vision encoder."""
     per_setting = thresholds if isinstance(thresholds, Mapping) else dict.fromkeys(settings, thresholds)
-    memo = features or FeatureMemo(generator)
+    memo = features or FeatureMemo(generator, store)
     streamed: dict[str, list[StreamedClip]] = {s: [] for s in settings}
     with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(settings), desc=desc, unit="frame",
               leave=False) as bar:
@@ -161,11 +164,12 @@ def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
 
 def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
               similarity: Similarity, speaking: Sequence[float], dst: Sequence[float], default: Thresholds,
-              window: tuple[float, float] | None = None) -> dict[str, dict]:
+              window: tuple[float, float] | None = None, store: FeatureStore | None = None) -> dict[str, dict]:
     """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
-    threshold with the best DST F1 at that speaking threshold. Returns {setting: {"thresholds": (s, d),
-    "grid": [{"speaking_threshold", "dst_threshold", "f1", "dst_f1"}, ...]}}."""
-    memo = FeatureMemo(generator)
+    threshold with the best DST F1 at that speaking threshold (frame features from `store` when given).
+    Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_threshold", "f1", "dst_f1"},
+    ...]}}."""
+    memo = FeatureMemo(generator, store)
     grid: dict[str, dict[Thresholds, dict]] = {s: {} for s in settings}
 
     def run(per_setting: dict[str, Thresholds]) -> None:
