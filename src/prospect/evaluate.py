@@ -13,7 +13,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from prospect.data.features import FeatureStore, feature_identity
 from prospect.eval.encoder import load_encoder
 from prospect.eval.report import (
     log_to_wandb,
@@ -34,9 +33,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
         datamodule.prepare_data()
     encoder = load_encoder(cfg.encoder)
-    store = None
-    if data_cfg.get("features"):  # frame features read from the store the data config names
-        store = FeatureStore(data_cfg["features"], feature_identity(generator.model, generator.tokens_per_frame))
+    store = datamodule.open_features(generator.model, generator.tokens_per_frame)  # None: encode the frames
     settings = list(cfg.stream.settings)
     window = tuple(cfg.window) if cfg.window else None
     thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_threshold)

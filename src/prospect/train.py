@@ -21,7 +21,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from prospect.data.features import FeatureStore, feature_identity
 from prospect.data.sequence import PROMPT_WORDS, SequenceBuilder
 from prospect.model.backbone import load_backbone
 from prospect.model.module import ProspectModule
@@ -43,13 +42,11 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
                                        attn_implementation=backbone.get("attn_implementation", "sdpa"))
     builder = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt,
                               max_seq_len=cfg.data.max_seq_len)
-    features = None
-    if cfg.data.get("features"):
-        if cfg.model.net.train_connector:
-            raise ValueError(f"data.features={cfg.data.features}: cached frame features need the connector frozen "
-                             "(model.net.train_connector=false)")
-        features = FeatureStore(cfg.data.features, feature_identity(vlm, cfg.model.tokens_per_frame))
-    datamodule.attach(builder, vlm.config.vision_config.image_size, features)
+    if datamodule.features and cfg.model.net.train_connector:
+        raise ValueError(f"data.features={datamodule.features}: cached frame features need the connector frozen "
+                         "(model.net.train_connector=false)")
+    datamodule.attach(builder, vlm.config.vision_config.image_size,
+                      datamodule.open_features(vlm, cfg.model.tokens_per_frame))
     model = ProspectModel(vlm, cfg.model.tokens_per_frame, **cfg.model.net)
     module = ProspectModule(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
                             instantiate(cfg.scheduler) if cfg.get("scheduler") else None,

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from prospect.data.batch import Sample, collate
 from prospect.data.clip import Clip
 from prospect.data.dataset import ClipDataset
-from prospect.data.features import FeatureStore
+from prospect.data.features import FeatureStore, feature_identity
 from prospect.data.sequence import SequenceBuilder, decision_mask
 from prospect.model.vision import pixels
 
@@ -111,7 +111,7 @@ class ProspectDataModule(L.LightningDataModule):
             raise ValueError(f"restart_share must be in [0, 1], got {restart_share}")
         self.restart_len, self.restart_share = restart_len, restart_share
         self.group_by_length = group_by_length
-        self.features = features  # path of a feature store (python -m prospect.data features), opened in build
+        self.features = features  # path of a feature store (python -m prospect.data features): open_features
         self.builder: SequenceBuilder | None = None
         self.datasets: dict[str, SequenceDataset] = {}
 
@@ -131,6 +131,10 @@ class ProspectDataModule(L.LightningDataModule):
         for clip in self.clips("train"):
             yield from (e.text for e in clip.events)
             yield from (f"{s.id} = {s.name}" for s in clip.task.steps)
+
+    def open_features(self, vlm, tokens_per_frame: int) -> FeatureStore | None:
+        """The feature store `features` names, checked against this model's vision path (None without one)."""
+        return FeatureStore(self.features, feature_identity(vlm, tokens_per_frame)) if self.features else None
 
     def attach(self, builder: SequenceBuilder, image_size: int, features: FeatureStore | None = None) -> None:
         """Give the module the model's sequence builder and image size (known once the model is loaded), and

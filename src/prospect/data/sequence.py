@@ -138,12 +138,11 @@ class SequenceBuilder:
         seq = self._start(clip, state, progress)
         self._add_turns(seq, by_frame.get(clip.video.start_frame - 1, []))
         sequences = [seq]
+        closing, room = [], 0  # the summary closing a cut sequence, and its tokens (it must fit after a frame)
         for f in clip.frame_indices:
             events = by_frame.get(f, [])
             piece = Sequence(clip.id, clip.fps)  # rendered alone first, to measure it and split before it if needed
             self._add_frame(piece, f, events)
-            closing = self._summary(progress) if max_seq_len else []
-            room = sum(len(self.turn_ids(e)) for e in closing)  # the summary must still fit after this frame
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
                 self._add_turns(seq, closing)
                 seq = self._start(clip, state, progress)
@@ -155,14 +154,15 @@ class SequenceBuilder:
             for e in events:
                 if e.role == "dst":
                     state = apply_updates(state, e.updates)
-                if e.role == "assistant" and e.progress:
+                if e.role == "assistant" and e.progress and e.progress != progress:
                     progress = e.progress
+                    if max_seq_len:
+                        closing = self._summary(progress)
+                        room = sum(len(self.turn_ids(t)) for t in closing)
         return sequences
 
-    def _summary(self, progress: str | None) -> list[Event]:
+    def _summary(self, progress: str) -> list[Event]:
         """The summary request and its answer (the progress so far) that close a sequence cut short."""
-        if not progress:
-            return []
         return [Event("system", 0.0, 0, SUMMARIZE_REQUEST, kind="summarize_request"),
                 Event("assistant", 0.0, 0, progress, kind="summary")]
 

@@ -71,16 +71,16 @@ class FeatureMemo:
     or read from a feature store (python -m prospect.data features) when one is given."""
 
     def __init__(self, generator: StreamingGenerator, store: FeatureStore | None = None):
-        self.source, self.store = store or generator.encode, {}
+        self.source, self.computed = store or generator.encode, {}
 
     def __call__(self, clip: Clip, frame: int) -> Tensor:
         key = (clip.id, frame)
-        if key not in self.store:
-            self.store[key] = self.source(clip, frame)
-        return self.store[key]
+        if key not in self.computed:
+            self.computed[key] = self.source(clip, frame)
+        return self.computed[key]
 
     def forget(self, clip: Clip) -> None:
-        self.store = {k: v for k, v in self.store.items() if k[0] != clip.id}
+        self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.id}
 
 
 def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],

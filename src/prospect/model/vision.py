@@ -59,4 +59,4 @@ def embed_with_frames(vlm: SmolVLMForConditionalGeneration, input_ids: Tensor, f
         raise ValueError(f"{int(slots.sum())} <image> tokens for {n_frames} frame feature vectors")
     if frame_features is None:
         return embeds
-    return embeds.masked_scatter(slots.unsqueeze(-1), frame_features.to(embeds.dtype))
+    return embeds.masked_scatter(slots.unsqueeze(-1), frame_features.to(embeds.device, embeds.dtype))
