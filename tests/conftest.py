@@ -18,7 +18,7 @@ PROASSIST = {
     "dataset": "ego4d", "video_uid": "vid", "clip_idx": 0, "frames_file": "frames/vid.arrow",
     "max_seq_len": 4096, "seq_len": 321, "num_tokens_per_img": 1, "use_img_sep_token": False,
     "start_frame_idx": 11, "end_frame_idx": 19, "fps": 2,
-    "metadata": {"user_type": "novice", "user_id": "novice_0", "task_goal": "make tea",
+    "metadata": {"user_type": "talk_some", "user_id": "talk_some_1", "task_goal": "make tea",
                  "knowledge": "1. Boil water. 2. Steep the tea.", "progress": None, "add_knowledge": True,
                  "has_summary": False, "summary_only": False, "quality": 4.0},
     "conversation": [

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import pickle
+import re
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from datasets.arrow_writer import ArrowWriter
 from PIL import Image
 
+from prospect.data import Clip, Task, Video
 from prospect.data.frames import (
+    ARROW_FEATURES,
     ArrowFrames,
+    FrameDecodeError,
     FrameSourceError,
     ImageFolderFrames,
     VideoFileFrames,
+    encode_jpeg,
     open_frames,
     write_arrow_frames,
 )
@@ -62,6 +69,63 @@ def test_arrow_roundtrip(tmp_path):
         assert_colour(frames[i], i, range(5))
     with pytest.raises(IndexError, match="v.arrow"):
         frames[5]
+
+
+JPEG = base64.b64decode(encode_jpeg(solid(0)))
+BAD_FRAMES = [
+    # (id, the `frame` cell of frame 2, words in the reason)
+    ("garbage", base64.b64encode(b"\x00" * 64).decode(), "not an image in a known format"),
+    ("truncated-jpeg", base64.b64encode(JPEG[: len(JPEG) // 2]).decode(), "Truncated File Read"),
+    ("bad-base64-padding", encode_jpeg(solid(0))[:-3], "invalid base64"),
+    ("non-ascii", "é" + encode_jpeg(solid(0)), "invalid base64"),
+    ("null", None, "the frame is null"),
+]
+
+
+@pytest.mark.parametrize(("cell", "reason"), [c[1:] for c in BAD_FRAMES], ids=[c[0] for c in BAD_FRAMES])
+def test_undecodable_arrow_frame_names_file_and_frame(tmp_path, cell, reason):
+    path = tmp_path / "v.arrow"
+    with ArrowWriter(path=str(path), features=ARROW_FEATURES) as writer:
+        for i in range(4):
+            writer.write({"frame": cell if i == 2 else encode_jpeg(solid(i))})
+        writer.finalize()
+    frames = open_frames(path, 2.0)
+    assert_colour(frames[3], 3, range(4))  # the frames around it still read
+    with pytest.raises(FrameDecodeError) as err:
+        frames[2]
+    assert str(err.value).startswith(f"{path}: frame 2 does not decode (") and reason in str(err.value)
+    assert str(pickle.loads(pickle.dumps(err.value))) == str(err.value), "survives a DataLoader worker"
+    clip = Clip("v/0", Video(str(path), 2.0, 0, 4), Task(), [])
+    with pytest.raises(FrameDecodeError, match=f"^{re.escape(str(path))}: frame 2 of clip v/0 does not decode"):
+        clip.frame(2)
+
+
+def test_unreadable_image_in_folder(tmp_path):
+    for i in range(3):
+        solid(i).save(tmp_path / f"frame_{i}.jpg")
+    bad = tmp_path / "frame_1.jpg"
+    bad.write_bytes(JPEG[:100])
+    frames = open_frames(tmp_path, 2.0)
+    assert_colour(frames[2], 2, range(3))
+    with pytest.raises(FrameDecodeError, match=f"^{re.escape(str(bad))}: frame 1 does not decode"):
+        frames[1]
+
+
+def test_corrupt_video_frames_name_file_and_frame(tmp_path):
+    path = tmp_path / "v.mkv"
+    write_video(path, n=30, fps=10, codec="libx264")
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8).copy()
+    rng = np.random.default_rng(0)
+    data[rng.integers(len(data) // 4, len(data), 200)] = rng.integers(0, 256, 200)  # past the headers
+    path.write_bytes(data.tobytes())
+    frames = VideoFileFrames(path, 10.0)
+    errors = []
+    for i in range(len(frames)):
+        try:
+            frames[i]
+        except FrameDecodeError as err:
+            errors.append(err)
+    assert errors and all(str(e).startswith(f"{path}: frame {e.index} does not decode (") for e in errors)
 
 
 def test_image_folder_natural_order(tmp_path):

@@ -13,20 +13,22 @@ from prospect.data.dst import StepUpdate
 
 def test_proassist_keeps_frames_turn_alignment(data_root):
     (clip,) = load_clips(write_jsonl(data_root / "clips.jsonl", [PROASSIST]), check_frames=True)
-    assert clip.id == "vid/0" and clip.fps == 2 and clip.dataset == "ego4d"
+    assert clip.id == "vid/0/talk_some_1" and clip.fps == 2 and clip.dataset == "ego4d"
     assert (clip.video.start_frame, clip.video.end_frame) == (11, 19)
-    got = [(e.role, e.frame, e.time, e.text[:12]) for e in clip.events]
+    got = [(e.role, e.kind, e.frame, e.time, e.text[:12]) for e in clip.events]
     assert got == [
-        ("system", 10, 5.5, SYSTEM[:12]),  # before any frame: at the clip start
-        ("user", 14, 7.8, "I want to ma"),  # after frames [11, 15)
-        ("system", 14, 7.8, "Task knowled"),  # the knowledge turn shares the user's frame and time
-        ("assistant", 15, 7.9, "Great, first"),  # pushed: frame_at(7.9) is 14 but the file says after 15
-        ("assistant", 18, 9.6, "Now steep th"),
+        ("system", "prompt", 10, 5.5, SYSTEM[:12]),  # before any frame: at the clip start; the clip's own prompt
+        ("user", None, 14, 7.8, "I want to ma"),  # after frames [11, 15)
+        ("system", "knowledge", 14, 7.8, "Task knowled"),  # the knowledge turn shares the user's frame and time
+        ("assistant", None, 15, 7.9, "Great, first"),  # pushed: frame_at(7.9) is 14 but the file says after 15
+        ("assistant", None, 18, 9.6, "Now steep th"),
     ]
     a = clip.events[3]
     assert a.labels == "initiative|instruction" and a.progress == "The time elapsed is 7.9 seconds."
-    assert clip.task.goal == "make tea" and clip.task.knowledge.startswith("1. Boil water")
-    assert clip.metadata["user_type"] == "novice" and clip.metadata["quality"] == 4.0
+    # upstream's model never sees the metadata's goal and knowledge (only the knowledge turn): kept, not rendered
+    assert clip.task.goal == clip.task.knowledge == "" and clip.metadata["task_goal"] == "make tea"
+    assert clip.metadata["knowledge"].startswith("1. Boil water") and clip.metadata["dialog"] == "vid/talk_some_1"
+    assert clip.metadata["user_type"] == "talk_some" and clip.metadata["quality"] == 4.0
     assert clip.metadata["num_tokens_per_img"] == 1 and clip.metadata["source_format"] == "proassist"
     assert clip.frame(11).getpixel((0, 0))[0] in range(9, 14)  # frame 11 of the video, not of the clip
 
@@ -34,7 +36,7 @@ def test_proassist_keeps_frames_turn_alignment(data_root):
 def test_proassist_split_keeps_summary(data_root):
     path = write_jsonl(data_root / "clips.jsonl", [proassist_split(1)])
     (clip,) = load_clips(path, check_frames=True)
-    assert clip.id == "vid/1"
+    assert clip.id == "vid/1/talk_some_1" and clip.events[0].kind == "prompt"
     assert "Progress so far: kettle filled." in clip.events[0].text
     request, summary = clip.events[-2:]
     assert (request.role, request.kind, request.text) == ("system", "summarize_request",
@@ -93,7 +95,7 @@ def test_import_command_round_trips_through_our_format(data_root, tmp_path):
 def test_clip_dataset_is_arrow_backed_and_aligned(data_root, tmp_path):
     path = write_jsonl(data_root / "p.jsonl", [PROASSIST, proassist_split(1)])
     ds = ClipDataset(path, cache_dir=tmp_path / "cache")
-    assert len(ds) == 2 and ds.ids() == ["vid/0", "vid/1"]
+    assert len(ds) == 2 and ds.ids() == ["vid/0/talk_some_1", "vid/1/talk_some_1"]
     assert ds.table.cache_files, "the clips table must live in an Arrow cache file"
     clip = ds[0]
     assert _portable(clip) == _portable(load_clips(path)[0])

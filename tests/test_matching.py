@@ -52,7 +52,7 @@ def test_window_is_asymmetric_and_in_seconds():
     late = stream_scores([([(t(13), "a")], ref)], (-4, 2), FPS, table({}))  # 3 s late, window allows -4
     early = stream_scores([([(t(7), "a")], ref)], (-4, 2), FPS, table({}))  # 3 s early, window allows +2
     assert late["good_matched"] == 1 and early["good_matched"] == 0 and early["redundant"] == 1
-    assert late["mean_time_diff"] == pytest.approx(3.0)
+    assert late["time_diff"] == pytest.approx(3.0)
     # the same window at 2 fps: seconds, not frames
     half = stream_scores([([(7.0, "a")], [(5.5, "a")])], (-2, 2), 2.0, table({}))
     assert half["good_matched"] == 1
@@ -86,3 +86,13 @@ def test_micro_average_over_videos():
     scores = stream_scores([good, bad], (-2, 2), FPS, table({}))
     # matches 1 (good), redundant 1, missed 1: P = 1/2, R = 1/2
     assert (scores["precision"], scores["recall"], scores["jaccard"]) == (0.5, 0.5, pytest.approx(1 / 3))
+
+
+def test_windows_are_looked_up_by_name_inside_the_dataset_string():
+    """As upstream: the first known name inside the dataset string, in upstream's order, else (-2.5, 2.5)."""
+    from prospect.eval.matching import window_for
+
+    assert window_for("ego4d") == (-4.0, 8.5)
+    assert window_for("ego4d/narration_val") == (-2.5, 2.5)  # narration is looked up first
+    assert window_for("holoassist_dialog-klg") == (-1.5, 2.5)
+    assert window_for("my_kitchen") == (-2.5, 2.5)

@@ -36,7 +36,8 @@ def test_every_position_of_a_hand_made_clip(tokenizer):
     frame = enc("<fake_token_around_image><global-img><image><image><fake_token_around_image>")
     # (tokens, loss kind of the tokens) in the order the layout promises
     pieces = [
-        (enc("<|im_start|>System: Help.\nSteps: S1 = place the red circle\nState: S1 not_started<end_of_utterance>"),
+        (enc("<|im_start|>System: Help.\nGoal: build\nSteps: S1 = place the red circle\nState: S1 not_started"
+             "<end_of_utterance>"),
          None),
         (frame, None), (enc("<|im_start|>User:"), None), (enc(" I want to build the comet board.") + [eot], None),
         (frame, None), (enc("<|im_start|>DST:"), None), (enc(" S1->start") + [eot], "dst"),
@@ -80,24 +81,28 @@ def test_prompt_pieces_are_what_streaming_concatenates(tokenizer):
 def test_long_clip_splits_with_state_and_progress(tokenizer):
     clip = hand_clip()
     clip.video.end_frame = 100
-    full = SequenceBuilder(tokenizer, 2).build(clip)
+    full = SequenceBuilder(tokenizer, 2, system_prompt="Please help.").build(clip)
     assert len(full) == 1
     limit = len(full[0]) // 2
-    parts = SequenceBuilder(tokenizer, 2, max_seq_len=limit).build(clip)
+    parts = SequenceBuilder(tokenizer, 2, system_prompt="Please help.", max_seq_len=limit).build(clip)
     assert len(parts) >= 2 and all(len(p) <= limit for p in parts)
-    assert [f for p in parts for f in p.frames] == list(range(10, 100))
+    # every frame is decided once; the frame that carries a cut's summary opens the next part again
+    assert [f for p in parts for f, sup in zip(p.frames, p.supervised, strict=True) if sup] == list(range(10, 100))
+    assert all(a.frames[-1] == b.frames[0] and not a.supervised[-1] for a, b in zip(parts, parts[1:], strict=False))
     second = tokenizer.decode(parts[1].input_ids)
-    assert "State: S1 in_progress" in second and "Progress: S1 in progress." in second
+    assert "System: Please help. S1 in progress.\nGoal: build\nSteps:" in second and "State: S1 in_progress" in second
     assert sum(sum(p.speaking) for p in parts) == 1
-    # the first part closes like the summarize strategy's cache: the request, then the summary as learned text
+    # the first part closes as upstream trains summaries and as the summarize strategy's cache does before its
+    # restart: the request, the next frame, then the summary as learned text
     b = SequenceBuilder(tokenizer, 2)
-    summary = b.turn_ids_of("system", "Please summarize the progress.") + b.turn_ids_of("assistant", "S1 in progress.")
+    summary = (b.turn_ids_of("system", "Please summarize the progress.") + b.frame_ids()
+               + b.turn_ids_of("assistant", "S1 in progress."))
     first = parts[0]
     assert first.input_ids[-len(summary):] == summary
     body = b.body_ids("S1 in progress.")  # each body token is the LM target of the position before it
     n = len(summary)
     assert first.lm_targets[len(first) - len(body) - 1:len(first) - 1] == body and first.lm_targets[-1] == IGNORE
-    assert set(first.lm_targets[len(first) - n:len(first) - len(body) - 1]) == {IGNORE}  # request + header
+    assert set(first.lm_targets[len(first) - n:len(first) - len(body) - 1]) == {IGNORE}  # request, frame, header
     assert all(len(p) <= limit for p in parts)  # the summary fits in the limit too
 
 

@@ -25,7 +25,7 @@ TPF = 4
 @pytest.fixture
 def gen(tiny_dir):
     vlm, tok = load_backbone(str(tiny_dir))
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6)
+    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
 @pytest.fixture
@@ -167,17 +167,17 @@ def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
 def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     vlm, tok = load_backbone(str(tiny_dir))
     gen = StreamingGenerator(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
-                             speaking_threshold=2.0, dst_threshold=2.0)
+                             max_summary_tokens=6, speaking_threshold=2.0, dst_threshold=2.0)
     records = list(gen.stream(clip))
     first = next(r for r in records if r.summaries)
     (summary,) = first.summaries
     # a fresh generator whose cache holds the prompt carrying that summary, then the same frame
     fresh = StreamingGenerator(vlm, tok, TPF, speaking_head=gen.speaking_head, dst_head=gen.dst_head)
-    fresh.task, fresh.state = clip.task, dict(first.dst_state)
+    fresh.task, fresh.state, fresh.system_prompt, fresh.knowledge = clip.task, dict(first.dst_state), None, None
     fresh.restart(fresh.prompt(progress=summary))
     hidden = fresh.feed(chunks(fresh, clip)[first.frame], frame_features(fresh, clip, [first.frame]))
     assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)
-    assert "Progress: " + summary in tok.decode(fresh.prompt(progress=summary))
+    assert f"{fresh.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt(progress=summary))
 
 
 def test_named_settings():
@@ -192,8 +192,9 @@ def test_named_settings():
 
 def test_budget_too_small_for_what_must_be_kept(gen, clip):
     gen.strategy = DropMiddle(budget=150, keep_recent=80)  # the prompt alone is most of it
-    with pytest.raises(ValueError, match="exceed the budget of 150"):
-        list(gen.stream(clip))
+    records = gen.stream(clip)
+    with pytest.raises(ValueError, match="budget of 150 tokens: the prefix it keeps .* holds"):
+        next(records)  # said before the first frame, not at the first compression
 
 
 def test_generated_turns_are_cached_as_training_renders_them(gen, clip):

@@ -102,3 +102,11 @@ def test_streaming_generator_from_checkpoint(trained):
     records = list(gen.stream(clip))
     assert [r.frame for r in records] == list(clip.frame_indices)
     assert gen.strategy.name == "drop_middle" and all(r.cache_tokens <= 1024 for r in records)
+
+
+def test_max_seq_len_past_the_models_positions_is_refused_at_start(tmp_path):
+    from prospect.train import build
+
+    cfg = compose_train(tmp_path, ["+experiment=perframe", "data.max_seq_len=9000"])
+    with pytest.raises(ValueError, match=r"data.max_seq_len=9000 is more than the model's max_position_embeddings"):
+        build(cfg)

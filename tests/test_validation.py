@@ -1,13 +1,21 @@
 """Every kind of broken input gets a problem naming file, line, clip, field and reason (DESIGN.md 2.5)."""
 
 import copy
+import io
 import json
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
-from conftest import DST, PROASSIST, write_frames, write_jsonl
+from conftest import DST, PROASSIST, proassist_split, write_frames, write_jsonl
+from PIL import Image
+from tqdm import tqdm
 
 from prospect.data import ClipFormatError, load_clips, read_clips
 from prospect.data.__main__ import main
+from prospect.data.decode_check import FrameDecodeCheck
+from prospect.data.errors import ClipWarning
+from prospect.data.frames import FrameDecodeError
 
 
 def broken(base: dict, edit) -> dict:
@@ -36,7 +44,6 @@ CASES = [
     ("non-monotone-time", PROASSIST, conv(7, time=7.0), "conversation[7].time",
      "7.0 is earlier than the previous event (7.9)"),
     ("non-monotone-dst", DST, conv(4, time=9.9), "conversation[4].time", "earlier than the previous event"),
-    ("event-after-clip", DST, conv(6, time=30.0), "conversation[6].time", "after the clip ends"),
     ("event-before-clip", DST, conv(1, time=3.0), "conversation[1].time", "before the clip starts"),
     ("frames-gap", PROASSIST, conv(4, start=16, end=17), "conversation[4].start",
      "starts at 16 but the previous frames turn ended at 15"),
@@ -62,8 +69,9 @@ CASES = [
     ("empty-conversation", PROASSIST, lambda r: r.update(conversation=[]), "conversation", "empty conversation"),
     ("empty-conversation-dst", DST, lambda r: r.update(conversation=[]), None, "no events"),
     ("empty-text", PROASSIST, conv(5, content="  "), "conversation[5].content", "empty assistant text"),
-    ("summary-missing", PROASSIST, lambda r: r["metadata"].update(has_summary=True), "metadata.has_summary",
-     "does not end with a summarize request"),
+    ("summary-unanswered", PROASSIST,
+     lambda r: r["conversation"].append({"role": "system", "content": "Please summarize the progress."}),
+     "conversation[8]", "a summarize request that no assistant turn answers"),
     ("duplicate-step", DST, lambda r: r["dst"].append(dict(r["dst"][0])), "dst[3].id", "duplicate step id 'S1'"),
     ("bad-initial-state", DST, lambda r: r.update(initial_dst_state={"S1": "done"}), "initial_dst_state.S1",
      "unknown state 'done'"),
@@ -75,7 +83,7 @@ def test_broken_clip_is_named_precisely(data_root, base, edit, field, reason):
     path = write_jsonl(data_root / "clips.jsonl", [PROASSIST if base is DST else DST, broken(base, edit)])
     clips, problems = read_clips(path)
     assert len(clips) == 1, "the good clip on line 1 still reads"
-    clip_id = "vid/0" if base is PROASSIST else "asm/0"
+    clip_id = "vid/0/talk_some_1" if base is PROASSIST else "asm/0"
     texts = [str(p) for p in problems]
     expected = f"{path}, line 2, clip {clip_id}" + (f", {field}: " if field else ": ")
     assert any(t.startswith(expected) and reason in t for t in texts), texts
@@ -87,7 +95,7 @@ def test_broken_clip_is_named_precisely(data_root, base, edit, field, reason):
 def test_invalid_json_line_and_non_object(data_root):
     path = write_jsonl(data_root / "clips.jsonl", [PROASSIST, '{"dataset": "ego4d",', "[1, 2]", DST])
     clips, problems = read_clips(path)
-    assert [c.id for c in clips] == ["vid/0", "asm/0"]
+    assert [c.id for c in clips] == ["vid/0/talk_some_1", "asm/0"]
     assert [str(p) for p in problems][0].startswith(f"{path}, line 2: invalid JSON")
     assert str(problems[1]) == f"{path}, line 3: expected a JSON object per clip, got list"
 
@@ -98,9 +106,13 @@ def test_unrecognised_record(data_root):
 
 
 def test_duplicate_clip_ids(data_root):
-    path = write_jsonl(data_root / "clips.jsonl", [PROASSIST, DST, PROASSIST])
+    """Our format and DST clips: a repeated id is an error. ProAssist: a repeated video and clip_idx is another
+    dialog of the same video (tests/test_upstream.py)."""
+    path = write_jsonl(data_root / "clips.jsonl", [ours_record(data_root), DST, ours_record(data_root), DST])
     _, problems = read_clips(path)
-    assert [str(p) for p in problems] == [f"{path}, line 3, clip vid/0, id: duplicate clip id (first seen at line 1)"]
+    assert [str(p) for p in problems] == [
+        f"{path}, line 3, clip vid/0/talk_some_1, id: duplicate clip id (first seen at line 1)",
+        f"{path}, line 4, clip asm/0, id: duplicate clip id (first seen at line 2)"]
 
 
 def test_frames_source_missing_or_short(data_root):
@@ -112,7 +124,8 @@ def test_frames_source_missing_or_short(data_root):
     texts = [str(p) for p in read_clips(path, check_frames=True)[1]]
     assert texts[0].startswith(f"{path}, line 1, clip asm/0, frames_file: ")
     assert "short.arrow has 40 frames but the clip needs frames up to 43" in texts[0]
-    assert texts[1].startswith(f"{path}, line 2, clip vid/0, frames_file: ") and "does not exist" in texts[1]
+    assert texts[1].startswith(f"{path}, line 2, clip vid/0/talk_some_1, frames_file: ")
+    assert "does not exist" in texts[1]
 
 
 OURS_CASES = [
@@ -135,7 +148,7 @@ OURS_CASES = [
 def test_our_format_problems(data_root, edit, field, reason):
     path = write_jsonl(data_root / "ours.jsonl", [broken(ours_record(data_root), edit)])
     texts = [str(p) for p in read_clips(path)[1]]
-    assert any(t.startswith(f"{path}, line 1, clip vid/0, {field}: ") and reason in t for t in texts), texts
+    assert any(t.startswith(f"{path}, line 1, clip vid/0/talk_some_1, {field}: ") and reason in t for t in texts), texts
 
 
 def test_validate_command_lists_every_problem(data_root, capsys):
@@ -147,8 +160,22 @@ def test_validate_command_lists_every_problem(data_root, capsys):
     out = capsys.readouterr().out.splitlines()
     assert f"{path}, line 2, clip asm/0, fps: fps must be positive, got 0" in out
     assert f"{path}, line 2, clip asm/0, conversation[2]: expected an object, got str" in out
-    assert f"{path}, line 3, clip vid/0, conversation[2].role: unknown role 'x' (expected system, user, " \
+    assert f"{path}, line 3, clip vid/0/talk_some_1, conversation[2].role: unknown role 'x' (expected system, user, " \
            "assistant, frames)" in out
+
+
+def test_turn_after_the_last_frame_is_a_warning(data_root, capsys):
+    """Upstream attaches a turn past the video's end to its last frame: read so, reported as a warning."""
+    path = write_jsonl(data_root / "clips.jsonl", [broken(DST, conv(6, time=30.0))])
+    clips, problems = read_clips(path)
+    assert [c.events[-1].frame for c in clips] == [43]  # the clip's last frame
+    assert [str(p) for p in problems] == [
+        f"warning: {path}, line 1, clip asm/0, conversation[6].time: 30.0 s is after the clip ends (last frame 43 "
+        "completes at 22 s); decided after the last frame, as upstream attaches it"]
+    with pytest.warns(ClipWarning, match="after the clip ends"):
+        load_clips(path)
+    assert main(["validate", str(path)]) == 0  # warnings do not fail validation
+    assert "warning: " in capsys.readouterr().out
 
 
 def test_dst_json_document_problem_names_item(data_root):
@@ -156,3 +183,57 @@ def test_dst_json_document_problem_names_item(data_root):
     path.write_text(json.dumps([DST, broken(DST, lambda r: r.update(fps="2"))]))
     (problem,) = read_clips(path)[1]
     assert str(problem) == f"{path}, item 1, clip asm/0, fps: expected number, got str '2'"
+
+
+def corrupt_frame(path: Path, index: int) -> None:
+    """Overwrite frame `index` of an Arrow frames file in place with as many bytes of garbage, as a bad disk or
+    an interrupted copy would (all 'A': valid base64 of zero bytes, which is not an image)."""
+    data = path.read_bytes()
+    cells = [c.encode() for c in pa.ipc.open_stream(data).read_all()["frame"].to_pylist()[: index + 1]]
+    start = 0
+    for cell in cells[:-1]:  # cells lie in row order in the file, and neighbours may be equal
+        start = data.index(cell, start) + len(cell)
+    with path.open("r+b") as f:
+        f.seek(data.index(cells[-1], start))
+        f.write(b"A" * len(cells[-1]))
+
+
+def test_validate_decode_names_undecodable_frame(data_root, capsys):
+    frames = data_root / "frames" / "vid.arrow"
+    corrupt_frame(frames, 13)
+    path = write_jsonl(data_root / "clips.jsonl", [DST, PROASSIST])
+    (_, clip) = load_clips(path)
+    assert main(["validate", str(path)]) == 0, "without --decode, frames are counted, not decoded"
+    capsys.readouterr()
+    assert main(["validate", "--decode", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{path}, line 2, clip {clip.id}, frames_file: {frames}: frame 13 does not decode (not an image in a known "
+        "format)"]
+    with pytest.raises(FrameDecodeError, match=f"vid.arrow: frame 13 of clip {clip.id} does not decode"):
+        clip.frame(13)  # as training and streaming read it
+    with pytest.raises(SystemExit):
+        main(["validate", "--decode", "--no-frames", str(path)])
+
+
+def test_decode_shared_frames_once(data_root):
+    corrupt_frame(data_root / "frames" / "vid.arrow", 13)
+    path = write_jsonl(data_root / "clips.jsonl", [PROASSIST, proassist_split(1)])  # both: frames 11..18
+    with tqdm(file=io.StringIO()) as bar:
+        clips, problems = read_clips(path, extra_check=FrameDecodeCheck(bar))
+    assert bar.n == 8
+    assert clips == [] and [p.line for p in problems if p.field == "frames_file"] == [1, 2]
+
+
+def test_validate_decode_image_folder(data_root, capsys):
+    folder = data_root / "frames" / "vid_images"
+    folder.mkdir()
+    for i in range(19):
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(folder / f"{i:03d}.png")
+    (folder / "012.png").write_bytes(b"\x89PNG but nothing after")
+    record = ours_record(data_root)
+    record["video"]["source"] = "frames/vid_images"
+    path = write_jsonl(data_root / "ours.jsonl", [record])
+    assert main(["validate", "--decode", str(path)]) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{path}, line 1, clip {record['id']}, video.source: {folder / '012.png'}: frame 12 "
+                           "does not decode (")

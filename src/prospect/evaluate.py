@@ -74,14 +74,15 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return report
 
 
-_TABLE = ("f1", "precision", "recall", "bleu4", "dst_f1", "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens",
-          "compressions")
+_TABLE = ("f1", "precision", "recall", "bleu4", "time_diff", "dst_f1", "dst_state_accuracy", "ms_per_frame",
+          "peak_cache_tokens", "compressions", "frames_beyond_max_positions")
 
 
 def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
     """The generator and the data config: a checkpoint brings its model and, unless `data` is given, its data."""
     stream = cfg.stream
-    kwargs = {"max_new_tokens": stream.max_new_tokens, "do_sample": stream.do_sample, "device": cfg.device}
+    kwargs = {"max_new_tokens": stream.max_new_tokens, "max_summary_tokens": stream.max_summary_tokens,
+              "do_sample": stream.do_sample, "device": cfg.device}
     if cfg.ckpt_path:
         generator = StreamingGenerator.from_checkpoint(cfg.ckpt_path, **kwargs)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else generator.run_config["data"]
@@ -93,5 +94,5 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
 
 
 def _clips(datamodule, split: str, num_clips: int | None) -> list:
-    clips = datamodule.clips(split)
+    clips = datamodule.videos(split)
     return clips[:num_clips] if num_clips else clips

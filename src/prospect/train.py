@@ -40,6 +40,11 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
         vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir,
                                        architecture=backbone.architecture, tiny_corpus=corpus,
                                        attn_implementation=backbone.get("attn_implementation", "sdpa"))
+    max_positions = vlm.config.text_config.max_position_embeddings
+    for key in ("max_seq_len", "restart_len"):
+        if (cfg.data.get(key) or 0) > max_positions:
+            raise ValueError(f"data.{key}={cfg.data[key]} is more than the model's max_position_embeddings "
+                             f"({max_positions}): positions past it were never trained")
     builder = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt,
                               max_seq_len=cfg.data.max_seq_len)
     if datamodule.features and cfg.model.net.train_connector:

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from prospect.data.decode_check import FrameDecodeCheck
 from prospect.data.errors import ClipFormatError
 from prospect.data.load import load_clips, read_clips
 
@@ -18,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="list every problem in annotation files and their frames sources")
     v.add_argument("paths", nargs="+", type=Path)
     v.add_argument("--root", type=Path, help="folder that relative frames paths are under")
-    v.add_argument("--no-frames", action="store_true", help="skip opening the frames sources")
+    frames = v.add_mutually_exclusive_group()
+    frames.add_argument("--no-frames", action="store_true", help="skip opening the frames sources")
+    frames.add_argument("--decode", action="store_true",
+                        help="also decode every frame the clips use and list each that does not (reads them all)")
 
     i = sub.add_parser("import", help="convert ProAssist / DST / our clips into our JSONL format")
     i.add_argument("input", type=Path)
@@ -45,18 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--device", default="cpu")
 
+    r = sub.add_parser("render", help="print what the model sees for a clip: rendered text, learned spans, each "
+                                      "frame's head labels, the splits")
+    r.add_argument("path", type=Path, help="clip file (any supported format)")
+    r.add_argument("--clip", help="clip id (default: the first clip)")
+    r.add_argument("--model", default="tiny", help="hub id, local directory or tiny: whose tokenizer renders")
+    r.add_argument("--tiny-dir", default="models/tiny", help="the tiny model (built from the file's texts if absent)")
+    r.add_argument("--tokens-per-frame", type=int, default=16)
+    r.add_argument("--max-seq-len", type=int, help="split as training does (default: one sequence)")
+    r.add_argument("--root", type=Path, help="folder that relative frames paths are under")
+
     args = parser.parse_args(argv)
-    return {"validate": _validate, "import": _import, "synth": _synth, "features": _features}[args.command](args)
+    return {"validate": _validate, "import": _import, "synth": _synth, "features": _features,
+            "render": _render}[args.command](args)
 
 
 def _validate(args: argparse.Namespace) -> int:
     total = 0
-    for path in args.paths:
-        clips, problems = read_clips(path, args.root, check_frames=not args.no_frames)
-        for p in problems:
-            print(p)
-        total += len(problems)
-        print(f"{path}: {len(clips)} clip(s) OK, {len(problems)} problem(s)", file=sys.stderr)
+    # one bar over all files (a frame that clips of several files share is decoded once); tqdm.write keeps the
+    # lines printed meanwhile clear of it
+    with tqdm(desc="decoding frames", unit="frame", disable=not args.decode) as bar:
+        decode = FrameDecodeCheck(bar) if args.decode else None
+        for path in args.paths:
+            clips, problems = read_clips(path, args.root, check_frames=not args.no_frames, extra_check=decode)
+            for p in problems:
+                tqdm.write(str(p))
+            errors = sum(not p.warning for p in problems)  # warnings: read as upstream reads them
+            total += errors
+            tqdm.write(f"{path}: {len(clips)} clip(s) OK, {errors} problem(s), {len(problems) - errors} warning(s)",
+                       file=sys.stderr)
     return 1 if total else 0
 
 
@@ -97,3 +120,24 @@ if __name__ == "__main__":
     except ClipFormatError as err:  # a bad input file: say what is wrong, not a traceback
         print(err, file=sys.stderr)
         sys.exit(1)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from prospect.data.render import describe
+    from prospect.data.sequence import PROMPT_WORDS, SequenceBuilder
+    from prospect.model.backbone import load_backbone
+
+    clips = load_clips(args.path, args.root)
+    clip = next((c for c in clips if c.id == args.clip), None) if args.clip else clips[0]
+    if clip is None:
+        print(f"{args.path}: no clip {args.clip!r} (ids: {', '.join(c.id for c in clips[:5])}, ...)", file=sys.stderr)
+        return 1
+    corpus = [e.text for c in clips for e in c.events] + PROMPT_WORDS  # for a tiny tokenizer built from scratch
+    _, tokenizer = load_backbone(args.model, tiny_dir=args.tiny_dir, tiny_corpus=corpus)
+    builder = SequenceBuilder(tokenizer, args.tokens_per_frame, max_seq_len=args.max_seq_len)
+    sequences = builder.build(clip)
+    for k, seq in enumerate(sequences, start=1):
+        print(f"== {clip.id}: sequence {k}/{len(sequences)}, frames {seq.frames[0]}..{seq.frames[-1]}, "
+              f"{len(seq)} tokens ==")
+        print(describe(builder, seq))
+    return 0

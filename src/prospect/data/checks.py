@@ -15,7 +15,7 @@ from prospect.data.frames import FrameSourceError, open_frames
 from prospect.data.timebase import frame_at, frame_end_time, frame_time
 
 _TEXT_REQUIRED = ("user", "assistant")
-_KIND_ROLE = {"summarize_request": "system", "summary": "assistant"}
+_KIND_ROLE = {"summarize_request": "system", "summary": "assistant", "prompt": "system", "knowledge": "system"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def check_state(state: dict, step_ids: set[str], problems: Problems, where: str)
 
 def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:
     fps, first, last = clip.fps, clip.video.start_frame, clip.video.end_frame - 1
-    state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
+    state = clip.task.start_state()
     prev = None
     for i, e in enumerate(clip.events):
         where = e.source or f"events[{i}]"
@@ -82,8 +82,11 @@ def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:
             problems.add(f"{where}.{names.time}", f"{e.time} s is before the clip starts "
                          f"(frame {first} at {frame_time(first, fps):g} s)")
         elif frame_at(e.time, fps) > last:
-            problems.add(f"{where}.{names.time}", f"{e.time} s is after the clip ends "
-                         f"(last frame {last} completes at {frame_end_time(last, fps):g} s)")
+            # upstream attaches a turn past the video's end to its last frame (DESIGN 8): read it so, and say so
+            report = problems.warn if e.frame == last else problems.add
+            report(f"{where}.{names.time}", f"{e.time} s is after the clip ends (last frame {last} completes at "
+                   f"{frame_end_time(last, fps):g} s)" + ("; decided after the last frame, as upstream attaches it"
+                                                           if e.frame == last else ""))
         if not first - 1 <= e.frame <= last:
             problems.add(where, f"decided after frame {e.frame}, outside the clip's frames [{first}, {last + 1})")
         if prev is not None and e.time < prev.time:
@@ -94,6 +97,9 @@ def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:
             problems.add(f"{where}.{names.text}", f"empty {e.role} text")
         if e.kind is not None and _KIND_ROLE.get(e.kind) != e.role:
             problems.add(where, f"kind {e.kind!r} does not fit role {e.role!r}")
+        if e.kind == "prompt" and (i > 0 or e.frame != first - 1):
+            problems.add(where, "the clip's system prompt (kind 'prompt') must be its first event, decided before "
+                         "the first frame")
         if e.role == "dst":
             try:
                 state = apply_updates(state, e.updates)

@@ -27,7 +27,9 @@ class Event:
     frame: int  # absolute index of the frame after which the event is decided (start_frame - 1: before any)
     text: str = ""  # for dst events, the text form of `updates`
     updates: list[StepUpdate] = field(default_factory=list)  # dst events only
-    kind: str | None = None  # summarize_request (system) | summary (assistant: its answer) | None
+    # prompt (system: the clip's own system prompt) | knowledge (system: the task knowledge turn) |
+    # summarize_request (system) | summary (assistant: its answer) | None
+    kind: str | None = None
     labels: str | None = None  # upstream labels such as "initiative|instruction"
     progress: str | None = None  # progress description of the task at this turn (assistant)
     source: str | None = field(default=None, compare=False)  # field path in the file it came from
@@ -63,6 +65,10 @@ class Task:
     steps: list[Step] = field(default_factory=list)
     initial_state: dict[str, str] = field(default_factory=dict)  # step id -> state; empty without steps
 
+    def start_state(self) -> dict[str, str]:
+        """The DST state at the clip start: every step, `not_started` unless `initial_state` says otherwise."""
+        return {s.id: self.initial_state.get(s.id, "not_started") for s in self.steps}
+
 
 @dataclass
 class Video:
@@ -92,17 +98,26 @@ class Clip:
         return path if path.is_absolute() or self.root is None else self.root / path
 
     @property
+    def system_prompt(self) -> str | None:
+        """The clip's own system prompt (its first event, kind `prompt`), if it has one."""
+        return self.events[0].text if self.events and self.events[0].kind == "prompt" else None
+
+    @property
     def frame_indices(self) -> range:
         return range(self.video.start_frame, self.video.end_frame)
 
     def frame(self, index: int) -> Image.Image:
-        """Frame `index` (absolute in the video) as an RGB image, read lazily from the frames source."""
-        from prospect.data.frames import open_frames
+        """Frame `index` (absolute in the video) as an RGB image, read lazily from the frames source; a frame
+        that does not decode raises FrameDecodeError naming the frames file, this clip and the frame."""
+        from prospect.data.frames import FrameDecodeError, open_frames
 
         if index not in self.frame_indices:
             raise IndexError(f"clip {self.id}: frame {index} outside [{self.video.start_frame}, "
                              f"{self.video.end_frame})")
-        return open_frames(self.frames_path, self.fps)[index]
+        try:
+            return open_frames(self.frames_path, self.fps)[index]
+        except FrameDecodeError as err:
+            raise FrameDecodeError(err.path, err.index, err.reason, clip=self.id) from err
 
     def frame_timestamp(self, index: int) -> float:
         return frame_time(index, self.fps)

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
+from itertools import cycle, islice
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from prospect.data.batch import Sample, collate
 from prospect.data.clip import Clip
 from prospect.data.dataset import ClipDataset
 from prospect.data.features import FeatureStore, feature_identity
 from prospect.data.sequence import SequenceBuilder, decision_mask
+from prospect.data.splits import whole_videos
 from prospect.model.vision import pixels
 
 SPLITS = ("train", "val", "test")
@@ -56,29 +58,26 @@ class SequenceDataset(Dataset):
         return Sample(seq, pixels([clip.frame(f) for f in seq.frames], self.image_size), mask)
 
 
-class EpochShuffle(Sampler[int]):
+class EpochShuffle(DistributedSampler):
     """A shuffle that depends only on (seed, epoch): exact across resumes. Lightning calls set_epoch.
 
     With `lengths`, the shuffled order is cut into groups of `group` indices, each sorted by length (longest
     first), so consecutive indices, the batches, hold sequences of similar length and little padding; under DDP
-    each rank takes every world-size-th index of this order and keeps that property."""
+    each of `num_replicas` ranks takes every num_replicas-th index of this order (wrapping around, so that all get
+    as many) and keeps that property. A DistributedSampler, so that Lightning uses it as it is: it wraps any other
+    sampler in one that shuffles it again, length groups and all."""
 
-    def __init__(self, length: int, seed: int, lengths: list[int] | None = None, group: int = 64):
-        self.length, self.seed, self.epoch = length, seed, 0
+    def __init__(self, length: int, seed: int, lengths: list[int] | None = None, group: int = 64,
+                 num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(length), num_replicas, rank, shuffle=False, seed=seed)
         self.lengths, self.group = lengths, group
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist()
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset)).tolist()
         if self.lengths is not None:
             order = [i for start in range(0, len(order), self.group)
                      for i in sorted(order[start:start + self.group], key=lambda i: -self.lengths[i])]
-        return iter(order)
-
-    def __len__(self) -> int:
-        return self.length
+        return islice(cycle(order), self.rank, self.total_size, self.num_replicas)
 
 
 class ProspectDataModule(L.LightningDataModule):
@@ -126,10 +125,15 @@ class ProspectDataModule(L.LightningDataModule):
         table = ClipDataset(self.root / self.files[split], root=self.frames_root)
         return [table[i] for i in range(len(table))]
 
+    def videos(self, split: str) -> list[Clip]:
+        """The split's clips as whole videos (splits of a dialog merged), for streaming evaluation."""
+        return whole_videos(self.clips(split))
+
     def corpus(self) -> Iterator[str]:
         """Texts of the training clips, for the tiny model's tokenizer (read when iterated)."""
         for clip in self.clips("train"):
             yield from (e.text for e in clip.events)
+            yield from (t for t in (clip.task.goal, clip.task.knowledge) if t)
             yield from (f"{s.id} = {s.name}" for s in clip.task.steps)
 
     def open_features(self, vlm, tokens_per_frame: int) -> FeatureStore | None:
@@ -155,8 +159,10 @@ class ProspectDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
         lengths = [len(seq) for _, seq in ds.items] if self.group_by_length and self.batch_size > 1 else None
+        ranks = (self.trainer and self.trainer.distributed_sampler_kwargs) or {}  # {num_replicas, rank} under DDP
         return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers,
-                          sampler=EpochShuffle(len(ds), self.seed, lengths, 64 * self.batch_size) if shuffle else None,
+                          sampler=EpochShuffle(len(ds), self.seed, lengths, 64 * self.batch_size, **ranks)
+                          if shuffle else None,
                           collate_fn=partial(collate, pad_id=self.builder.tokenizer.pad_token_id),
                           persistent_workers=False)
 

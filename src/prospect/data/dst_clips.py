@@ -1,7 +1,9 @@
 """Importer for DST clips (DESIGN.md 2.3): ProAssist-style clips with task steps and DST_UPDATE turns.
 
 Per-turn frame fields (start_frame, end_frame) were computed inconsistently upstream and are ignored: every
-event's frame comes from its `time` through timebase.frame_at. A turn's `dst_state` (the state before it) must
+event's frame comes from its `time` through timebase.frame_at (a turn past the clip's end is attached to its
+last frame, as upstream does; check_clip warns about it). A first system turn before any frame is the clip's
+system prompt. A turn's `dst_state` (the state before it) must
 agree with the state tracked from the initial state and the updates so far.
 """
 
@@ -43,9 +45,11 @@ def read_dst_clip(record: dict, problems: Problems, root: Path | None) -> Clip |
     fps, start = top["fps"], top["start_frame_idx"]
     if not fps > 0:
         problems.add("fps", f"fps must be positive, got {fps}")
-    events = _events(top["conversation"], fps, start, initial, problems)
+    events = _events(top["conversation"], fps, start, top["end_frame_idx"] - 1, initial, problems)
     if problems:
         return None
+    if events and events[0].role == "system" and events[0].frame == start - 1:
+        events[0].kind = "prompt"
     clip = Clip(
         id=problems.clip,
         dataset=field(record, "dataset", "string", problems, "dataset", default="") or "",
@@ -89,7 +93,7 @@ def _initial_state(record: dict, steps: list[Step] | None, problems: Problems) -
     return {**{s.id: "not_started" for s in steps}, **given}  # steps it omits have not started
 
 
-def _events(turns: list, fps: float, start: int, state: dict[str, str] | None,
+def _events(turns: list, fps: float, start: int, last: int, state: dict[str, str] | None,
             problems: Problems) -> list[Event] | None:
     events: list[Event] = []
     fps = fps if fps > 0 else 1.0  # a bad fps is reported by the caller; read on to list every other problem
@@ -108,12 +112,13 @@ def _events(turns: list, fps: float, start: int, state: dict[str, str] | None,
         if time is None:
             continue
         last_time = max(last_time, time)
+        frame = min(frame_at(time, fps), last)
         if role == "DST_UPDATE":
             updates = _updates(turn, where, problems)
-            event = Event("dst", time, frame_at(time, fps), updates=updates or [], source=where)
+            event = Event("dst", time, frame, updates=updates or [], source=where)
         else:
             text = field(turn, "content", "string", problems, f"{where}.content")
-            event = Event(_ROLES[role], time, frame_at(time, fps), text=text or "",
+            event = Event(_ROLES[role], time, frame, text=text or "",
                           labels=field(turn, "labels", "string", problems, f"{where}.labels", default=None),
                           progress=field(turn, "progress", "string", problems, f"{where}.progress", default=None),
                           source=where)

@@ -3,8 +3,8 @@
 Three kinds, one interface (`FrameSource`): ProAssist frame files (`frames/<video>.arrow`: one row per frame
 at the clip's fps, column `frame` holding a base64 JPEG, Arrow IPC stream written by datasets' ArrowWriter),
 read memory-mapped; a folder of images, one per frame; a video file, sampled at the clip's fps. Nothing is
-decoded until a frame is asked for. Sources do not resize or normalise: that belongs to the model's image
-processor.
+decoded until a frame is asked for, so a frame that does not decode is found when read (FrameDecodeError) or by
+`validate --decode`. Sources do not resize or normalise: that belongs to the model's image processor.
 """
 
 from __future__ import annotations
@@ -22,15 +22,31 @@ from typing import Any, Protocol
 import av
 from datasets import Dataset, Features, Value
 from datasets.arrow_writer import ArrowWriter
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 ARROW_FEATURES = Features({"frame": Value("string")})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"})
+# what PIL raises for bytes that are not a whole image: OSError (truncated, broken stream, unknown format),
+# SyntaxError (broken PNG chunks), ValueError, DecompressionBombError (a corrupt header claiming a huge size)
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class FrameSourceError(ValueError):
     """A frames source that is missing, unreadable or not what its extension says."""
+
+
+class FrameDecodeError(FrameSourceError):
+    """One frame of a readable source does not decode: names the file, the frame and, when read through
+    Clip.frame, the clip, so a failure deep in training or streaming says what to fix."""
+
+    def __init__(self, path: Path, index: int, reason: str, clip: str | None = None):
+        super().__init__(path, index, reason, clip)  # args as given, so the error pickles (DataLoader workers)
+        self.path, self.index, self.reason, self.clip = path, index, reason, clip
+
+    def __str__(self) -> str:
+        of_clip = f" of clip {self.clip}" if self.clip is not None else ""
+        return f"{self.path}: frame {self.index}{of_clip} does not decode ({self.reason})"
 
 
 class FrameSource(Protocol):
@@ -61,11 +77,26 @@ class ArrowFrames:
     def __getitem__(self, index: int) -> Image.Image:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: frame {index} outside [0, {len(self)})")
-        return decode_jpeg(self._table[index]["frame"])
+        b64 = self._table[index]["frame"]
+        if b64 is None:
+            raise FrameDecodeError(self.path, index, "the frame is null")
+        try:
+            data = base64.b64decode(b64)
+        except ValueError as e:  # binascii.Error, or a non-ASCII character
+            raise FrameDecodeError(self.path, index, f"invalid base64: {e}") from e
+        return _decode_image(io.BytesIO(data), self.path, index)
 
 
-def decode_jpeg(b64: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
+def _decode_image(file: Path | io.BytesIO, path: Path, index: int) -> Image.Image:
+    """Frame `index` of the source at `path`, stored in `file`, as RGB; raises FrameDecodeError if it does not
+    decode."""
+    try:
+        with Image.open(file) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError as e:  # its message names a BytesIO object, not the file
+        raise FrameDecodeError(path, index, "not an image in a known format") from e
+    except _IMAGE_ERRORS as e:
+        raise FrameDecodeError(path, index, str(e) or type(e).__name__) from e
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> str:
@@ -103,11 +134,7 @@ class ImageFolderFrames:
     def __getitem__(self, index: int) -> Image.Image:
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: frame {index} outside [0, {len(self)})")
-        try:
-            with Image.open(self.files[index]) as image:
-                return image.convert("RGB")
-        except OSError as e:
-            raise FrameSourceError(f"{self.files[index]}: not a readable image ({e})") from e
+        return _decode_image(self.files[index], self.files[index], index)  # name the image file to fix
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -144,11 +171,12 @@ class VideoFileFrames:
         target = index / self.fps + self.EPS
         try:
             if self._current is None or not self._current[0] <= target <= self._current[0] + self.MAX_FORWARD:
-                self._seek(target)
+                self._seek(target, index)
             while self._next is not None and self._next[0] <= target:
                 self._current, self._next = self._next, next(self._frames, None)
         except av.FFmpegError as e:
-            raise FrameSourceError(f"{self.path}: decoding frame {index} failed ({e})") from e
+            self._current = None  # the decoder is past the failure: the next read seeks afresh
+            raise FrameDecodeError(self.path, index, str(e)) from e
         assert self._current is not None  # _seek raises when nothing decodes
         return self._current[1].to_image()
 
@@ -178,7 +206,7 @@ class VideoFileFrames:
             if pts is not None:
                 yield float((pts - self._start) * self._stream.time_base), frame
 
-    def _seek(self, target: float) -> None:
+    def _seek(self, target: float, index: int) -> None:
         # seek lands on the keyframe at or before target; if an imprecise index lands after it, start over
         for seconds in (target, 0.0):
             self._container.seek(self._start + int(seconds / self._stream.time_base), stream=self._stream)
@@ -187,7 +215,7 @@ class VideoFileFrames:
             if self._current is not None and self._current[0] <= target:
                 return
         if self._current is None:
-            raise FrameSourceError(f"{self.path}: no decodable video frame")
+            raise FrameDecodeError(self.path, index, "no decodable video frame at or before it")
 
     def _duration(self) -> float:
         """Seconds of video: from the stream header, else the container's, else by decoding it all."""

@@ -2,12 +2,16 @@
 
 Supported: our JSONL (docs/data-format.md), upstream ProAssist prepared JSONL, and DST clips as JSON (one clip
 or a list) or JSONL. Every problem in the file is collected; loading raises one ClipFormatError with all of
-them, the validator prints them.
+them (and emits the warnings as ClipWarning), the validator prints them.
+
+A ProAssist file holds one dialog per simulated user of the same video, with the same `video_uid` and
+`clip_idx`: they are distinct clips (ids carry the user, or the order of appearance), not duplicates.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,12 +19,13 @@ from prospect.data.checks import FieldNames, check_frames
 from prospect.data.clip import FORMAT, Clip
 from prospect.data.dst_clips import NAMES as DST_NAMES
 from prospect.data.dst_clips import is_dst_clip, read_dst_clip
-from prospect.data.errors import ClipFormatError, Problem, Problems
+from prospect.data.errors import ClipFormatError, ClipWarning, Problem, Problems
 from prospect.data.ours import read_ours
 from prospect.data.proassist import NAMES as PROASSIST_NAMES
 from prospect.data.proassist import is_proassist, read_proassist
 
 Reader = Callable[[dict, Problems, "Path | None"], "Clip | None"]
+ClipCheck = Callable[[Clip, Problems, FieldNames], None]
 
 
 def load_clips(path: str | Path, root: str | Path | None = None, check_frames: bool = False) -> list[Clip]:
@@ -28,29 +33,44 @@ def load_clips(path: str | Path, root: str | Path | None = None, check_frames: b
     frames sources are under (default: the file's folder; for ProAssist files in a `prepared/` folder, its
     parent, as upstream lays out `<dataset>/prepared/*.jsonl` beside `<dataset>/frames/`)."""
     clips, problems = read_clips(path, root, check_frames)
-    if problems:
-        raise ClipFormatError(problems)
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ClipFormatError(errors)
+    for p in problems:
+        warnings.warn(str(p), ClipWarning, stacklevel=2)
     return clips
 
 
 def read_clips(path: str | Path, root: str | Path | None = None,
-               check_frames: bool = False) -> tuple[list[Clip], list[Problem]]:
-    """Clips that read cleanly, and every problem found in the file."""
+               check_frames: bool = False, extra_check: ClipCheck | None = None) -> tuple[list[Clip], list[Problem]]:
+    """Clips that read cleanly, and every problem found in the file (errors and warnings, in file order).
+    `extra_check` runs last, on each clip without problems so far (validate --decode: FrameDecodeCheck)."""
     path = Path(path)
     problems: list[Problem] = []
     clips: list[Clip] = []
     first_seen: dict[str, str] = {}
+    dialogs: dict[str, int] = {}  # ProAssist: dialogs seen per id, for those that no user names apart
     for line, record in _records(path, problems):
         p = Problems(str(path), line)
-        clip = _read_record(record, p, path, root, check_frames)
+        clip = _read_record(record, p, path, root, check_frames, extra_check)
+        if clip is not None and _detect(record, path)[0] is read_proassist:
+            _number_dialog(clip, dialogs)
         if clip is not None and clip.id in first_seen:
             p.add("id", f"duplicate clip id (first seen at {first_seen[clip.id]})")
         elif clip is not None:
             first_seen[clip.id] = f"line {line}" if isinstance(line, int) else str(line)
-        problems.extend(p)
+        problems.extend(p + p.warnings)
         if clip is not None and not p:
             clips.append(clip)
     return clips, problems
+
+
+def _number_dialog(clip: Clip, seen: dict[str, int]) -> None:
+    """The n-th ProAssist dialog with an id already taken becomes `<id>/<n>` (its dialog key likewise), so that
+    the n-th dialog of every split of a video gets the same key."""
+    n = seen[clip.id] = seen.get(clip.id, 0) + 1
+    if n > 1:
+        clip.id, clip.metadata["dialog"] = f"{clip.id}/{n}", f"{clip.metadata['dialog']}/{n}"
 
 
 def _records(path: Path, problems: list[Problem]):
@@ -78,7 +98,7 @@ def _records(path: Path, problems: list[Problem]):
 
 
 def _read_record(record: object, problems: Problems, path: Path, root: str | Path | None,
-                 check: bool) -> Clip | None:
+                 check: bool, extra_check: ClipCheck | None) -> Clip | None:
     if not isinstance(record, dict):
         problems.add(None, f"expected a JSON object per clip, got {type(record).__name__}")
         return None
@@ -87,6 +107,8 @@ def _read_record(record: object, problems: Problems, path: Path, root: str | Pat
     clip = reader(record, problems, clip_root)
     if clip is not None and check and not problems:
         check_frames(clip, problems, names)
+    if clip is not None and extra_check is not None and not problems:
+        extra_check(clip, problems, names)
     return clip
 
 

@@ -1,9 +1,13 @@
 """Importer for upstream ProAssist "prepared" clips (DESIGN.md 2.2), keeping their frame alignment exactly.
 
 Each turn is decided after the last frame of the frames turn before it, whatever its `time` says (upstream
-pushes a turn one frame later when it would share a frame with the previous one). Turns without a time (system
-prompts, the knowledge turn, the trailing summary) take the later of the previous event's time and the time
-their frame completes, so times stay monotone.
+pushes a turn one frame later when it would share a frame with the previous one, and attaches a turn past the
+video's end to its last frame). Turns without a time (system prompts, the knowledge turn, the trailing summary)
+take the later of the previous event's time and the time their frame completes, so times stay monotone.
+
+What the model sees is what upstream's model sees: the clip's own system turn is its prompt (`kind` prompt),
+the "Task knowledge: ..." turn stays where upstream put it (`kind` knowledge); the goal and knowledge in
+`metadata` are kept there and never rendered (upstream never shows them).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from prospect.data.clip import Clip, Event, Task, Video
 from prospect.data.errors import Problems
 from prospect.data.fields import field, objects
 from prospect.data.timebase import frame_end_time
+
+KNOWLEDGE_PREFIX = "Task knowledge:"  # upstream's knowledge turn, and how its streaming finds it again
+SUMMARIZE_PREFIX = "Please summarize"  # upstream's summarize request (and how its evaluation drops it)
 
 NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx", source="frames_file",
                    steps="dst", initial_state="initial_dst_state", text="content", updates="content")
@@ -32,23 +39,31 @@ def is_proassist(record: dict) -> bool:
 
 def read_proassist(record: dict, problems: Problems, root: Path | None) -> Clip | None:
     """Clip from one prepared ProAssist record, or None after adding its problems."""
+    meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    user = meta.get("user_id") or meta.get("user_type")  # one dialog per simulated user of the video
+    user = user if isinstance(user, str) else None
     if isinstance(record.get("video_uid"), str):
-        problems.clip = f"{record['video_uid']}/{record.get('clip_idx')}"
+        problems.clip = f"{record['video_uid']}/{record.get('clip_idx')}" + (f"/{user}" if user else "")
     top = {key: field(record, key, kind, problems, key) for key, kind in _TOP_LEVEL.items()}
     if None in top.values():
         return None
-    meta = top["metadata"]
     events = _events(top["conversation"], top["start_frame_idx"], top["end_frame_idx"], top["fps"], problems)
     if events is None:
         return None
-    _mark_summary(events, meta, problems)
+    _mark_summary(events, problems)
+    _mark_prompt_and_knowledge(events, top["start_frame_idx"])
+    for key in ("task_goal", "knowledge"):  # kept in metadata; null means the clip has none
+        if meta.get(key) is not None:
+            field(meta, key, "string", problems, f"metadata.{key}")
     clip = Clip(
         id=problems.clip,
         dataset=top["dataset"],
         video=Video(top["frames_file"], top["fps"], top["start_frame_idx"], top["end_frame_idx"]),
-        task=Task(goal=_meta_text(meta, "task_goal", problems), knowledge=_meta_text(meta, "knowledge", problems)),
+        task=Task(),
         events=events,
-        metadata={**meta, "source_format": "proassist", **{k: record[k] for k in _SIZES if k in record}},
+        metadata={**meta, "source_format": "proassist", "video_uid": top["video_uid"], "clip_idx": top["clip_idx"],
+                  "dialog": top["video_uid"] + (f"/{user}" if user else ""),
+                  **{k: record[k] for k in _SIZES if k in record}},
         root=root,
     )
     check_clip(clip, problems, NAMES)
@@ -99,22 +114,30 @@ def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -
     return None if len(problems) > n_before else events
 
 
-def _mark_summary(events: list[Event], meta: dict, problems: Problems) -> None:
-    """Non-final splits end with a summarize request (system) and the progress summary (assistant)."""
-    if not meta.get("has_summary"):
-        return
-    if len(events) >= 2 and events[-2].role == "system" and events[-1].role == "assistant":
-        events[-2].kind, events[-1].kind = "summarize_request", "summary"
-    else:
-        problems.add("metadata.has_summary", "true, but the conversation does not end with a summarize request "
-                     "(system turn) followed by the summary (assistant turn)")
+def _mark_summary(events: list[Event], problems: Problems) -> None:
+    """Split files (`dialog-*-sum`, `summary_*`) ask for a summary with a system turn "Please summarize the
+    progress." answered by the next assistant turn (after one frame). `metadata.has_summary` only says that a
+    progress exists (it is also true in files without summaries), so the turns themselves are looked at."""
+    for i, e in enumerate(events):
+        if e.role == "system" and e.text.startswith(SUMMARIZE_PREFIX):
+            answer = next((a for a in events[i + 1:] if a.role != "system"), None)
+            if answer is None or answer.role != "assistant":
+                problems.add(e.source, "a summarize request that no assistant turn answers")
+                continue
+            e.kind, answer.kind = "summarize_request", "summary"
+
+
+def _mark_prompt_and_knowledge(events: list[Event], start: int) -> None:
+    """The system turn before the first frame is the clip's system prompt (in later splits it also holds the
+    previous progress and the knowledge); a later system turn starting "Task knowledge:" is the knowledge turn."""
+    for i, e in enumerate(events):
+        if e.role != "system" or e.kind is not None:
+            continue
+        if i == 0 and e.frame == start - 1:
+            e.kind = "prompt"
+        elif e.text.startswith(KNOWLEDGE_PREFIX):
+            e.kind = "knowledge"
 
 
 def _optional(turn: dict, key: str, problems: Problems, where: str) -> str | None:
     return field(turn, key, "string", problems, f"{where}.{key}", default=None)
-
-
-def _meta_text(meta: dict, key: str, problems: Problems) -> str:
-    if meta.get(key) is None:  # absent or null: the clip simply has no goal / knowledge
-        return ""
-    return field(meta, key, "string", problems, f"metadata.{key}") or ""

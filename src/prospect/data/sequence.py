@@ -3,18 +3,24 @@ four losses. Training and streaming inference both render through these methods,
 
 Layout (SmolVLM chat tokens; k image tokens per frame):
 
-    <|im_start|>System: {system prompt}\\nSteps: ...\\nState: ...[\\nProgress: ...]<end_of_utterance>
+    <|im_start|>System: {prompt}[ {progress}][ {knowledge turn}][\nGoal: ..][\nKnowledge: ..][\nSteps: ..\nState: ..]
+        <end_of_utterance>           prompt: the clip's own system prompt (kind `prompt`), else ours
+    [turns decided before the first frame]
     per frame:  <fake_token_around_image><global-img><image>*k<fake_token_around_image>
                 [<|im_start|>User: {text}<end_of_utterance>]...      inputs decided after this frame
                                                                      <- decision position (last input token)
                 [<|im_start|>DST: S1->complete; S2->start<end_of_utterance>]     DST-gen loss on the body
                 [<|im_start|>Assistant: {text}<end_of_utterance>]                LM loss on the body
+                [<|im_start|>System: Please summarize the progress.<end_of_utterance>]   a summary request
 
 The heads read the hidden state at the decision position: speaking = an assistant turn follows this frame,
 DST update = a DST turn follows. Headers (`<|im_start|>Assistant:`) are inputs that the decision triggers; the
 body and its end-of-turn token are learned. Within a frame, inputs (user, system) come before outputs (DST,
-then assistant), as in streaming. Long clips are split at frame boundaries; each later split's prompt carries
-the DST state and the latest progress summary at the split point.
+then assistant), as in streaming; a summary request comes last. A summary is trained as upstream trains it,
+[request][one frame][summary]: the frame that carries a requested summary is no head target (the model did
+not decide to speak there). Long clips are split at frame boundaries: a sequence cut short ends with that
+request, the next frame and the progress so far; the next one starts from the prompt with the DST state, the
+progress and the knowledge turn, as upstream's later splits and the summarize strategy's restarted cache do.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ INPUT_ROLES = ("system", "user")
 IGNORE = -100
 # Words the prompt layout itself uses (for training a tokenizer that encodes them compactly).
 SUMMARIZE_REQUEST = "Please summarize the progress."  # the system turn that asks for a summary
-PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Steps:", "State:", "Progress:", "not_started",
+PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Goal:", "Knowledge:", "Steps:", "State:", "not_started",
                 "in_progress", "completed", "->start", "->complete", SUMMARIZE_REQUEST]
 DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video, keep track of the task steps, "
                          "and speak when guidance helps.")
@@ -53,6 +59,7 @@ class Sequence:
     decision_positions: list[int] = field(default_factory=list)  # per frame
     speaking: list[int] = field(default_factory=list)  # per frame: 1 if an assistant turn follows
     dst_update: list[int] = field(default_factory=list)  # per frame: 1 if a DST turn follows
+    supervised: list[int] = field(default_factory=list)  # per frame: 0 where a turn was requested, not decided
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -76,6 +83,7 @@ class Sequence:
         self.decision_positions += [p + offset for p in piece.decision_positions]
         self.speaking += piece.speaking
         self.dst_update += piece.dst_update
+        self.supervised += piece.supervised
 
 
 class SequenceBuilder:
@@ -96,14 +104,19 @@ class SequenceBuilder:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def prompt_ids(self, task: Task, state: dict[str, str], progress: str | None = None) -> list[int]:
-        """The system prompt with the task steps, the DST state and (for later splits) the progress summary."""
-        lines = [self.system_prompt]
+    def prompt_ids(self, task: Task, state: dict[str, str], progress: str | None = None,
+                   system_prompt: str | None = None, knowledge: str | None = None) -> list[int]:
+        """The system turn: the prompt (the clip's, else ours), then, after a restart, the progress summary and
+        the knowledge turn in upstream's layout (`{prompt} {progress} {knowledge}`), then the task's goal,
+        knowledge, steps and DST state."""
+        lines = [" ".join(t for t in (system_prompt or self.system_prompt, progress, knowledge) if t)]
+        if task.goal:
+            lines.append(f"Goal: {task.goal}")
+        if task.knowledge:
+            lines.append(f"Knowledge: {task.knowledge}")
         if task.steps:
             lines.append("Steps: " + "; ".join(f"{s.id} = {s.name}" for s in task.steps))
             lines.append("State: " + "; ".join(f"{k} {v}" for k, v in state.items()))
-        if progress:
-            lines.append(f"Progress: {progress}")
         return self.encode(f"{TURN_START}System: " + "\n".join(lines) + END_OF_TURN)
 
     def frame_ids(self) -> list[int]:
@@ -125,61 +138,64 @@ class SequenceBuilder:
     # -- whole clips ----------------------------------------------------------------------------------------
     def build(self, clip: Clip, max_seq_len: int | None = None) -> list[Sequence]:
         """The clip as one sequence, or several when it exceeds max_seq_len (this call's, else the builder's).
-        A sequence cut short ends as the summarize strategy's cache does before its restart: the summary request
-        and the progress so far as the (learned) answer; the next one starts from the prompt with the state and
-        that progress, as the restarted cache does."""
+        A sequence cut short ends as the summarize strategy's cache does before its restart: the summary request,
+        the next frame and the progress so far as the (learned) answer; the next one starts from the prompt with
+        the state, that progress and the knowledge, as the restarted cache does."""
         max_seq_len = max_seq_len or self.max_seq_len
-        state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
-        progress = None
+        context = PromptContext.of(clip)
         by_frame: dict[int, list[Event]] = {}
         for e in clip.events:
-            by_frame.setdefault(e.frame, []).append(e)
+            if e.kind != "prompt":  # rendered as the prompt itself
+                by_frame.setdefault(e.frame, []).append(e)
 
-        seq = self._start(clip, state, progress)
-        self._add_turns(seq, by_frame.get(clip.video.start_frame - 1, []))
+        seq = self._start(clip, context, restart=False)
+        before = by_frame.get(clip.video.start_frame - 1, [])
+        self._add_turns(seq, before)
+        context.advance(before)
         sequences = [seq]
-        closing, room = [], 0  # the summary closing a cut sequence, and its tokens (it must fit after a frame)
         for f in clip.frame_indices:
             events = by_frame.get(f, [])
             piece = Sequence(clip.id, clip.fps)  # rendered alone first, to measure it and split before it if needed
             self._add_frame(piece, f, events)
+            closing = self._closing(clip, f, context.progress) if max_seq_len else None
+            room = len(closing) if closing else 0  # the summary closing a cut sequence must fit after a frame
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
-                self._add_turns(seq, closing)
-                seq = self._start(clip, state, progress)
+                if closing:
+                    seq.extend(closing)
+                seq = self._start(clip, context, restart=True)
                 sequences.append(seq)
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
                 raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece) + room} "
                                  f"tokens with the prompt, more than max_seq_len={max_seq_len}")
             seq.extend(piece)
-            for e in events:
-                if e.role == "dst":
-                    state = apply_updates(state, e.updates)
-                if e.role == "assistant" and e.progress and e.progress != progress:
-                    progress = e.progress
-                    if max_seq_len:
-                        closing = self._summary(progress)
-                        room = sum(len(self.turn_ids(t)) for t in closing)
+            context.advance(events)
         return sequences
 
-    def _summary(self, progress: str) -> list[Event]:
-        """The summary request and its answer (the progress so far) that close a sequence cut short."""
-        return [Event("system", 0.0, 0, SUMMARIZE_REQUEST, kind="summarize_request"),
-                Event("assistant", 0.0, 0, progress, kind="summary")]
+    def _closing(self, clip: Clip, frame: int, progress: str | None) -> Sequence | None:
+        """[summary request][frame][progress as the requested, learned summary]: how a cut sequence ends."""
+        if not progress:
+            return None
+        closing = Sequence(clip.id, clip.fps)
+        closing.append(self.turn_ids_of("system", SUMMARIZE_REQUEST))
+        self._add_frame(closing, frame, [Event("assistant", 0.0, frame, progress, kind="summary")])
+        return closing
 
-    def _start(self, clip: Clip, state: dict[str, str], progress: str | None) -> Sequence:
+    def _start(self, clip: Clip, context: PromptContext, restart: bool) -> Sequence:
         seq = Sequence(clip.id, clip.fps)
-        seq.append(self.prompt_ids(clip.task, state, progress))
+        seq.append(self.prompt_ids(clip.task, context.state, context.progress if restart else None,
+                                   context.system_prompt, context.knowledge if restart else None))
         return seq
 
     def _add_frame(self, seq: Sequence, frame: int, events: list[Event]) -> None:
         seq.append(self.frame_ids())
         seq.frames.append(frame)
-        self._add_turns(seq, [e for e in events if e.role in INPUT_ROLES])
+        self._add_turns(seq, [e for e in events if e.role in INPUT_ROLES and e.kind != "summarize_request"])
         seq.decision_positions.append(len(seq) - 1)
         outputs = [e for e in events if e.role == "dst"] + [e for e in events if e.role == "assistant"]
-        seq.speaking.append(int(any(e.role == "assistant" for e in outputs)))
+        seq.speaking.append(int(any(e.role == "assistant" and e.kind != "summary" for e in outputs)))
         seq.dst_update.append(int(any(e.role == "dst" for e in outputs)))
-        self._add_turns(seq, outputs)
+        seq.supervised.append(int(not any(e.kind == "summary" for e in outputs)))
+        self._add_turns(seq, outputs + [e for e in events if e.kind == "summarize_request"])
 
     def _add_turns(self, seq: Sequence, events: list[Event]) -> None:
         for e in events:
@@ -193,20 +209,48 @@ class SequenceBuilder:
         return text.replace(IMAGE * self.tokens_per_frame, f"<image x{self.tokens_per_frame}>")
 
 
+@dataclass
+class PromptContext:
+    """What a restarted prompt carries, followed through a clip's events: the DST state, the latest progress
+    (an assistant turn's `progress`, or a summary), the knowledge turn, and the clip's system prompt."""
+
+    state: dict[str, str]
+    system_prompt: str | None = None
+    progress: str | None = None
+    knowledge: str | None = None
+
+    @classmethod
+    def of(cls, clip: Clip) -> PromptContext:
+        return cls(clip.task.start_state(), clip.system_prompt)
+
+    def advance(self, events: list[Event]) -> None:
+        for e in events:
+            if e.role == "dst":
+                self.state = apply_updates(self.state, e.updates)
+            elif e.kind == "knowledge":
+                self.knowledge = e.text
+            elif e.kind == "summary":
+                self.progress = e.text
+            elif e.role == "assistant" and e.progress:
+                self.progress = e.progress
+
+
 def decision_mask(seq: Sequence, neg_rate: float, rng, mode: str = "perframe") -> list[bool]:
-    """Which frames count in the head losses. Positive frames (either head) always count. `perframe`: each
-    negative frame with probability `neg_rate`; `perturn`: one random negative frame per silent gap between
-    turns. `rng` is a numpy Generator (re-seeded each epoch by the caller, so negatives are re-drawn)."""
+    """Which frames count in the head losses. Positive frames (either head) always count, frames whose turn was
+    requested never. `perframe`: each negative frame with probability `neg_rate`; `perturn`: one random negative
+    frame per silent gap between turns. `rng` is a numpy Generator (re-seeded each epoch by the caller, so
+    negatives are re-drawn)."""
     positive = [bool(s or d) for s, d in zip(seq.speaking, seq.dst_update, strict=True)]
     if mode == "perframe":
-        return [p or bool(rng.random() < neg_rate) for p in positive]
-    if mode == "perturn":
+        mask = [p or bool(rng.random() < neg_rate) for p in positive]
+    elif mode == "perturn":
         mask, gap = list(positive), []
         for i, p in enumerate(positive + [True]):  # a sentinel closes the last gap
             if p and gap:
                 mask[gap[rng.integers(len(gap))]] = True
                 gap = []
-            elif not p:
+            elif not p and seq.supervised[i]:
                 gap.append(i)
-        return mask
-    raise ValueError(f"supervision mode must be 'perframe' or 'perturn', got {mode!r}")
+    else:
+        raise ValueError(f"supervision mode must be 'perframe' or 'perturn', got {mode!r}")
+    return [m and bool(s) for m, s in zip(mask, seq.supervised, strict=True)]

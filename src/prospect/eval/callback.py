@@ -1,24 +1,28 @@
 """Streaming validation during training: every few epochs, a few validation clips go through the
 StreamingGenerator at each configured compression setting, and the dialog metrics are logged as
-`stream/<setting>/<metric>`, so that a ModelCheckpoint can pick the epoch by a streaming metric."""
+`stream/<setting>/<metric>`, so that a ModelCheckpoint can pick the epoch by a streaming metric. Under DDP each
+rank streams its share of the clips and rank 0 scores them all; FSDP, which shards the model, is refused."""
 
 from __future__ import annotations
 
 import json
+from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import FSDPStrategy
 
 from prospect.eval.encoder import PACKAGED, load_encoder
 from prospect.eval.report import log_to_wandb, metrics_table, save_plots
-from prospect.eval.streaming import evaluate
+from prospect.eval.streaming import StreamedClip, score, stream_clips
 from prospect.stream.generator import StreamingGenerator
 
-LOGGED = ("f1", "precision", "recall", "jaccard", "bleu4", "cider", "rouge_l", "mean_time_diff", "dst_f1",
+LOGGED = ("f1", "precision", "recall", "jaccard", "bleu4", "cider", "rouge_l", "time_diff", "dst_f1",
           "dst_precision", "dst_recall", "dst_state_accuracy", "speaking_auroc", "dst_update_auroc", "ms_per_frame",
-          "peak_cache_tokens", "peak_cache_bytes", "compressions", "malformed_dst")
+          "peak_cache_tokens", "peak_cache_bytes", "compressions", "malformed_dst", "frames_beyond_max_positions")
 
 
 class StreamingValidation(L.Callback):
@@ -28,39 +32,56 @@ class StreamingValidation(L.Callback):
 
     def __init__(self, settings: list[str], every_n_epochs: int = 5, num_clips: int = 2,
                  speaking_threshold: float = 0.5, dst_threshold: float = 0.5, max_new_tokens: int = 48,
-                 encoder: str = PACKAGED, window: list[float] | None = None, dirpath: str = "plots/stream",
-                 max_plots: int = 1):
+                 max_summary_tokens: int = 128, encoder: str = PACKAGED, window: list[float] | None = None,
+                 dirpath: str = "plots/stream", max_plots: int = 1):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.settings, self.every_n_epochs, self.num_clips = list(settings), every_n_epochs, num_clips
         self.thresholds = (speaking_threshold, dst_threshold)
-        self.max_new_tokens, self.encoder_source = max_new_tokens, encoder
+        self.max_new_tokens, self.max_summary_tokens, self.encoder_source = max_new_tokens, max_summary_tokens, encoder
         self.window = tuple(window) if window else None
         self.dirpath, self.max_plots = Path(dirpath), max_plots
         self.latest: dict[str, dict[str, float]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        streaming = stage in ("fit", "validate") and self.num_clips and self.settings
+        if streaming and isinstance(trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                "streaming validation runs the whole model on each rank, and FSDP shards it: turn it off with "
+                "callbacks.streaming_validation.num_clips=0 (and pick the checkpoint by another metric, e.g. "
+                "callbacks.model_checkpoint.monitor=val/speaking_auroc), or train with trainer=ddp")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.num_clips or not self.settings:
             return
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs == 0 or epoch == trainer.max_epochs - 1:
-            # rank 0 streams; every rank logs the same numbers (a checkpoint monitor runs on all of them)
-            metrics = self._stream(trainer, pl_module) if trainer.is_global_zero else None
+            # every rank streams its share; rank 0 scores them all, and every rank logs the same numbers (a
+            # checkpoint monitor runs on all of them)
+            streamed = self._stream(trainer, pl_module)
+            metrics = self._score(trainer, streamed) if trainer.is_global_zero else None
             self.latest = trainer.strategy.broadcast(metrics, src=0)
         for setting in self.settings:
             for key in LOGGED:
                 pl_module.log(f"stream/{setting}/{key}", float(self.latest.get(setting, {}).get(key, float("nan"))))
 
-    def _stream(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict[str, float]]:
+    def _stream(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, list[StreamedClip]]:
+        """Streams this rank's share of the clips (every world_size-th); returns every rank's, in clip order."""
         net, builder = pl_module.model, trainer.datamodule.builder
-        encoder = load_encoder(self.encoder_source)  # loaded once per process
         generator = StreamingGenerator(net.vlm, builder.tokenizer, net.tokens_per_frame, net.speaking_head,
                                        net.dst_head, system_prompt=builder.system_prompt,
-                                       max_new_tokens=self.max_new_tokens)
-        clips = trainer.datamodule.clips("val")[: self.num_clips]
-        results = evaluate(generator, clips, self.settings, encoder, self.thresholds, self.window,
-                           desc=f"streaming validation, epoch {trainer.current_epoch}")
+                                       max_new_tokens=self.max_new_tokens, max_summary_tokens=self.max_summary_tokens)
+        rank, world_size = trainer.global_rank, trainer.world_size
+        shard = trainer.datamodule.videos("val")[: self.num_clips][rank::world_size]  # whole videos, as eval.py
+        desc = f"streaming validation, epoch {trainer.current_epoch}" + (f", rank {rank}" if world_size > 1 else "")
+        return _in_clip_order(stream_clips(generator, shard, self.settings, self.thresholds, desc=desc), world_size)
+
+    def _score(self, trainer: L.Trainer, streamed: dict[str, list[StreamedClip]]) -> dict[str, dict[str, float]]:
+        """Scores every setting and reports: table, plots, stream_metrics.json, wandb."""
+        encoder = load_encoder(self.encoder_source)  # loaded once per process
+        results = {s: score(s, self.thresholds, streamed[s], encoder, self.window) for s in self.settings}
         metrics = {s: r.metrics for s, r in results.items()}
+        clips = [c.clip for c in streamed[self.settings[0]]]
         out = self.dirpath / f"epoch{trainer.current_epoch:03d}"
         plots = save_plots(results, out, self.max_plots)
         (out / "stream_metrics.json").write_text(json.dumps(
@@ -79,3 +100,14 @@ class StreamingValidation(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.latest = state_dict["latest"]
+
+
+def _in_clip_order(streamed: dict[str, list[StreamedClip]], world_size: int) -> dict[str, list[StreamedClip]]:
+    """Every rank's streamed clips, in clip order: rank r streamed clips r, r + world_size, ..."""
+    if world_size == 1:
+        return streamed
+    shards: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(shards, streamed)
+    # round robin over the ranks; a rank may hold one clip fewer than rank 0
+    return {s: [c for c in chain.from_iterable(zip_longest(*(shard[s] for shard in shards))) if c is not None]
+            for s in streamed}

@@ -32,7 +32,7 @@ def dst_scores(videos: Sequence[tuple[Turns, Turns]], window: tuple[float, float
 
 def reference_states(clip: Clip) -> list[dict[str, str]]:
     """The reference DST state after each frame of the clip (its DST events applied in order)."""
-    state = {s.id: clip.task.initial_state.get(s.id, "not_started") for s in clip.task.steps}
+    state = clip.task.start_state()
     by_frame: dict[int, list] = {}
     for e in clip.events:
         if e.role == "dst":

@@ -1,9 +1,11 @@
 """Streaming evaluation: clips go through a StreamingGenerator at each compression setting, and the dialog, the
 DST updates and the per-frame heads are scored against the reference (DESIGN.md 5).
 
-Each clip's frame features are computed once and shared by every setting and threshold. Predicted turns are
-placed at their decision time (timebase.frame_end_time of the frame the model spoke after), so the matching
-maps them to that frame as it maps the reference events to theirs.
+Each clip's frame features are computed once and shared by every setting and threshold (and by the dialogs of
+one video, which share its frames). Predicted and reference turns alike are placed at the decision time of
+their frame (timebase.frame_end_time of the frame the model spoke after, or that the clip assigns the turn), so
+a turn upstream pushed one frame later is scored where it is decided, not at its annotated time. Turns decided
+before the first frame are context the stream is given, not reference.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from prospect.data.clip import Clip
 from prospect.data.features import FeatureStore
 from prospect.data.timebase import frame_end_time
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
-from prospect.eval.matching import WINDOWS, Similarity, Turns, VideoMatch, aggregate, match_video
+from prospect.eval.matching import Similarity, Turns, VideoMatch, aggregate, match_video, window_for
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 from prospect.stream.strategies import make_strategy
 
@@ -47,13 +49,15 @@ class StreamedClip:
 
 
 def reference_events(clip: Clip, role: str) -> list:
-    """The reference's assistant or dst events; answers to summary requests are not dialog."""
-    return [e for e in clip.events if e.role == role and e.kind != "summary"]
+    """The reference's assistant or dst events decided after a frame of the clip; answers to summary requests
+    are not dialog, and turns before the first frame are given to the stream as context."""
+    return [e for e in clip.events if e.role == role and e.kind != "summary" and e.frame >= clip.video.start_frame]
 
 
 def reference_turns(clip: Clip) -> tuple[Turns, Turns]:
-    """(dialog turns, DST-update turns) of the reference."""
-    return tuple([(e.time, e.text) for e in reference_events(clip, role)] for role in ("assistant", "dst"))
+    """(dialog turns, DST-update turns) of the reference, at the decision time of their frames."""
+    return tuple([(frame_end_time(e.frame, clip.fps), e.text) for e in reference_events(clip, role)]
+                 for role in ("assistant", "dst"))
 
 
 @dataclass
@@ -74,29 +78,40 @@ class FeatureMemo:
         self.source, self.computed = store or generator.encode, {}
 
     def __call__(self, clip: Clip, frame: int) -> Tensor:
-        key = (clip.id, frame)
+        key = (clip.frames_path, frame)  # the dialogs of one video share its frames
         if key not in self.computed:
             self.computed[key] = self.source(clip, frame)
         return self.computed[key]
 
     def forget(self, clip: Clip) -> None:
-        self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.id}
+        self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.frames_path}
 
 
 def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
              similarity: Similarity, thresholds: Thresholds | Mapping[str, Thresholds],
              window: tuple[float, float] | None = None, features: FeatureMemo | None = None,
              desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, SettingResult]:
-    """Stream every clip at every setting (a progress bar counts frames) and score each setting.
-    `thresholds` is one (speaking, dst) pair or one per setting; `window` (seconds) overrides the per-dataset
-    windows; a given `features` memo is kept (reuse it across calls on the same clips); otherwise frame features
-    come from `store` when given, else from the vision encoder."""
-    per_setting = thresholds if isinstance(thresholds, Mapping) else dict.fromkeys(settings, thresholds)
+    """Stream every clip at every setting (stream_clips) and score each setting; `window` (seconds) overrides
+    the per-dataset windows."""
+    per_setting = _per_setting(thresholds, settings)
+    streamed = stream_clips(generator, clips, settings, per_setting, features, desc, store)
+    return {s: score(s, per_setting[s], streamed[s], similarity, window) for s in settings}
+
+
+def stream_clips(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
+                 thresholds: Thresholds | Mapping[str, Thresholds], features: FeatureMemo | None = None,
+                 desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, list[StreamedClip]]:
+    """Stream every clip at every setting (a progress bar counts frames), unscored: {setting: one StreamedClip
+    per clip, in clip order}, so that ranks can stream shards of the clips and score them together.
+    `thresholds` is one (speaking, dst) pair or one per setting; a given `features` memo is kept (reuse it across
+    calls on the same clips); otherwise frame features come from `store` when given, else from the vision
+    encoder."""
+    per_setting = _per_setting(thresholds, settings)
     memo = features or FeatureMemo(generator, store)
     streamed: dict[str, list[StreamedClip]] = {s: [] for s in settings}
     with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(settings), desc=desc, unit="frame",
               leave=False) as bar:
-        for clip in clips:
+        for k, clip in enumerate(clips):
             for setting in settings:
                 generator.strategy = make_strategy(setting)
                 generator.speaking_threshold, generator.dst_threshold = per_setting[setting]
@@ -105,9 +120,14 @@ def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Seq
                     records.append(record)
                     bar.update()
                 streamed[setting].append(StreamedClip(clip, records, generator.malformed_dst))
-            if features is None:
-                memo.forget(clip)
-    return {s: score(s, per_setting[s], streamed[s], similarity, window) for s in settings}
+            following = clips[k + 1] if k + 1 < len(clips) else None
+            if features is None and (following is None or following.frames_path != clip.frames_path):
+                memo.forget(clip)  # kept while the next clip is another dialog of the same video
+    return streamed
+
+
+def _per_setting(thresholds: Thresholds | Mapping[str, Thresholds], settings: Sequence[str]) -> dict[str, Thresholds]:
+    return dict(thresholds) if isinstance(thresholds, Mapping) else dict.fromkeys(settings, thresholds)
 
 
 def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], similarity: Similarity,
@@ -116,7 +136,7 @@ def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], si
     dialog, dst = [], []
     for s in streamed:
         (pred, pred_dst), (ref, ref_dst) = s.predicted(), reference_turns(s.clip)
-        w = window or _window(s.clip)
+        w = window or window_for(s.clip.dataset)
         dialog.append(match_video(pred, ref, w, s.clip.fps, similarity))
         dst.append(match_video(pred_dst, ref_dst, w, s.clip.fps, update_similarity))
     metrics = aggregate(dialog)
@@ -133,17 +153,11 @@ def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], si
         "compressions": float(np.mean(compressions)) if compressions else 0.0,
         "min_compressions": min(compressions, default=0),
         "malformed_dst": sum(s.malformed_dst for s in streamed),
+        "frames_beyond_max_positions": sum(r.beyond_max_positions for r in records),
         "frames": len(records),
         "clips": len(streamed),
     })
     return SettingResult(setting, thresholds, streamed, dialog, dst, metrics)
-
-
-def _window(clip: Clip) -> tuple[float, float]:
-    if clip.dataset not in WINDOWS:
-        raise ValueError(f"clip {clip.id}: no matching window for dataset {clip.dataset!r} (known: "
-                         f"{', '.join(WINDOWS)}); give one explicitly (window=[left, right] in seconds)")
-    return WINDOWS[clip.dataset]
 
 
 def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:

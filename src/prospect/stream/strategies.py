@@ -32,6 +32,9 @@ class Strategy:
         """Tokens the compression itself adds before it frees any (the summary request and the summary)."""
         return 0
 
+    def check_room(self, gen: StreamingGenerator, prefix_tokens: int) -> None:
+        """Raise, before streaming, when what this strategy keeps leaves no room for a frame and its turns."""
+
 
 @dataclass
 class NoCompression(Strategy):
@@ -46,13 +49,13 @@ class DropAll(Strategy):
     position_mode = "rerotate"
 
     def compress(self, gen: StreamingGenerator) -> None:
-        gen.restart(gen.initial_prompt)
+        gen.restart(gen.initial_prompt)  # as upstream: the knowledge turn goes too
 
 
 @dataclass
 class DropMiddle(Strategy):
-    """Keep the prefix (prompt with the task, turns before the first frame, the first user turn) and the most
-    recent `keep_recent` tokens."""
+    """Keep the prefix (prompt with the task, turns before the first frame, the first user turn and the knowledge
+    turn, as upstream keeps the cache up to its first user input) and the most recent `keep_recent` tokens."""
 
     keep_recent: int = 512
     name = "drop_middle"
@@ -60,6 +63,15 @@ class DropMiddle(Strategy):
 
     def compress(self, gen: StreamingGenerator) -> None:
         gen.drop_middle(gen.prefix_slots, self.keep_recent, rerotate=False)
+
+    def check_room(self, gen: StreamingGenerator, prefix_tokens: int) -> None:
+        room = len(gen.builder.frame_ids()) + 2 * gen.turn_reserve
+        if prefix_tokens + self.keep_recent + room > self.budget:
+            raise ValueError(
+                f"{self.name} with a budget of {self.budget} tokens: the prefix it keeps (system prompt, task, turns "
+                f"before the first frame, first user turn, knowledge) holds {prefix_tokens} tokens; with the recent "
+                f"window ({self.keep_recent}) and room for a frame and its turns ({room}) that is "
+                f"{prefix_tokens + self.keep_recent + room}: use a larger budget or a smaller keep_recent")
 
 
 @dataclass
@@ -77,7 +89,8 @@ class SinkRecent(Strategy):
 
 @dataclass
 class SummarizeAndDrop(Strategy):
-    """Ask the model for a progress summary, then restart from the prompt carrying that summary."""
+    """Ask the model for a progress summary as upstream trains it ([request][next frame][summary]), then restart
+    from the prompt carrying that summary and the knowledge turn."""
 
     name = "summarize"
     position_mode = "rerotate"
@@ -87,12 +100,15 @@ class SummarizeAndDrop(Strategy):
         gen.restart(gen.prompt(progress=summary))
 
     def extra_reserve(self, gen: StreamingGenerator) -> int:
-        return len(gen.summarize_request_ids) + gen.turn_reserve
+        """The request, the frame it is answered after, the header, the summary and its end token."""
+        return (len(gen.summarize_request_ids) + len(gen.builder.frame_ids()) + len(gen.builder.header_ids("assistant"))
+                + gen.max_summary_tokens + 1)
 
 
 @dataclass
 class DstStateRefresh(Strategy):
-    """Restart from the prompt with the task steps and the *tracked* DST state (no generation)."""
+    """Restart from the prompt with the task steps, the *tracked* DST state and the knowledge turn (no
+    generation)."""
 
     name = "dst_state"
     position_mode = "rerotate"

@@ -1,0 +1,287 @@
+"""Real annotation files end to end (issue 12): fixtures shaped like upstream's (tests/upstream.py) are imported,
+rendered (pinned against hand-written text), scored reference-against-itself, trained and streamed."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from upstream import DST_CLIP, KNOWLEDGE, PROGRESS, PROMPT_A, PROMPT_B, SYSTEM, write_upstream
+
+from prospect.data import load_clips
+from prospect.data.__main__ import main
+from prospect.data.clip import Clip
+from prospect.data.errors import ClipWarning
+from prospect.data.splits import whole_videos
+from prospect.data.timebase import frame_at
+from prospect.eval.dst_metrics import reference_states
+from prospect.eval.streaming import StreamedClip, reference_events, score
+from prospect.model.backbone import load_backbone
+from prospect.stream.generator import FrameRecord, StreamingGenerator
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_upstream(tmp_path_factory.mktemp("upstream"))
+
+
+def _load(path) -> list[Clip]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClipWarning)
+        return load_clips(path, check_frames=True)
+
+
+def test_three_dialogs_of_one_video_are_three_clips_on_one_frames_source(files):
+    clips = _load(files["l0"])
+    assert [c.id for c in clips] == ["abc/0/no_talk_0", "abc/0/talk_some_1", "abc/0/talk_more_2"]
+    assert len({c.frames_path for c in clips}) == 1
+    assert [c.metadata["dialog"] for c in clips] == ["abc/no_talk_0", "abc/talk_some_1", "abc/talk_more_2"]
+    # without a user in the metadata, the order of appearance tells them apart, stably
+    record = json.loads(files["l0"].read_text().splitlines()[0])
+    del record["metadata"]["user_type"], record["metadata"]["user_id"]
+    anonymous = files["l0"].parent / "anonymous.jsonl"
+    anonymous.write_text("".join(json.dumps(record) + "\n" for _ in range(3)))
+    assert [c.id for c in _load(anonymous)] == ["abc/0", "abc/0/2", "abc/0/3"]
+
+
+def test_pushed_turn_and_turn_after_the_last_frame_keep_upstreams_frames(files):
+    with pytest.warns(ClipWarning, match=r"conversation\[15\].time: 25.0 s is after the clip ends"):
+        clips = load_clips(files["l0"])
+    talk_some = clips[1]
+    pushed, last = talk_some.events[3], talk_some.events[-1]
+    assert (pushed.time, frame_at(pushed.time, 2), pushed.frame) == (1.3, 1, 2)  # the file's frame, not the time's
+    assert (last.time, last.frame, talk_some.video.end_frame) == (25.0, 38, 39)
+    assert main(["validate", str(files["l0"])]) == 0  # warnings only
+
+
+def test_split_file_prompt_knowledge_and_summary(files):
+    no_talk, first, later = _load(files["splits"])
+    assert [c.id for c in (first, later)] == ["abc/0/talk_some_1", "abc/1/talk_some_1"]
+    assert [(e.kind, e.frame) for e in first.events if e.kind] == [
+        ("prompt", -1), ("knowledge", 1), ("summarize_request", 11), ("summary", 12)]
+    assert later.system_prompt == f"{PROMPT_B} {PROGRESS[1]} Task knowledge: {KNOWLEDGE}"
+    assert later.video.start_frame == 6  # upstream re-shows context frames before the next turn
+
+
+def test_splits_merged_are_the_whole_video(files):
+    merged = {c.id: c for c in whole_videos(_load(files["splits"]))}
+    whole = {c.id: c for c in _load(files["l0"])}
+    for clip_id in ("abc/0/no_talk_0", "abc/0/talk_some_1"):
+        a, b = merged[clip_id], whole[clip_id]
+        assert (a.video.start_frame, a.video.end_frame) == (b.video.start_frame, b.video.end_frame)
+        # the same turns at the same frames; only the sampled prompt differs (upstream samples one per split)
+        assert [(e.role, e.kind, e.frame, e.text) for e in a.events[1:]] == [
+            (e.role, e.kind, e.frame, e.text) for e in b.events[1:]]
+    assert merged["abc/0/talk_some_1"].system_prompt == PROMPT_A  # the first split's, never the leaked summary
+    broken = [c for c in _load(files["splits"]) if c.id != "abc/0/talk_some_1"]
+    with pytest.raises(ValueError, match=r"dialog abc/talk_some_1, clip abc/1/talk_some_1, clip_idx: .* \[1\]"):
+        whole_videos(broken)
+
+
+@pytest.fixture(scope="module")
+def render(tiny_dir, files):
+    def run(path, *args) -> str:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ClipWarning)
+            assert main(["render", str(path), "--model", str(tiny_dir), "--tokens-per-frame", "1", *args]) == 0
+        return out.getvalue()
+    return run
+
+
+EOT = "<end_of_utterance>"
+
+
+def test_render_whole_video(render, files):
+    assert render(files["l0"], "--clip", "abc/0/talk_some_1") == f"""\
+== abc/0/talk_some_1: sequence 1/1, frames 0..38, {{n}} tokens ==
+<|im_start|>System: {PROMPT_A}{EOT}
+frame 0 @ 0.0s [-]
+frame 1 @ 0.5s [-]: <|im_start|>User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: {KNOWLEDGE}{EOT}
+frame 2 @ 1.0s [speak]: <|im_start|>Assistant:{{lm: Great, first fill the kettle.{EOT}}}
+frame 3 .. 10 [-] (8 silent frames)
+frame 11 @ 5.5s [speak]: <|im_start|>Assistant:{{lm: Now boil the water.{EOT}}}
+frame 12 .. 14 [-] (3 silent frames)
+frame 15 @ 7.5s [-]: <|im_start|>User: Is it hot enough?{EOT}
+frame 16 @ 8.0s [speak]: <|im_start|>Assistant:{{lm: Yes, it is boiling now.{EOT}}}
+frame 17 .. 26 [-] (10 silent frames)
+frame 27 @ 13.5s [speak]: <|im_start|>Assistant:{{lm: Put the tea bag in the cup.{EOT}}}
+frame 28 .. 37 [-] (10 silent frames)
+frame 38 @ 19.0s [speak]: <|im_start|>Assistant:{{lm: Enjoy your tea.{EOT}}}
+""".replace("{n} tokens", _tokens(render(files["l0"], "--clip", "abc/0/talk_some_1")))
+
+
+def _tokens(rendered: str) -> str:
+    return rendered.splitlines()[0].rsplit(", ", 1)[1].removesuffix(" ==")
+
+
+def test_render_split_with_summary(render, files):
+    lines = render(files["splits"], "--clip", "abc/0/talk_some_1").splitlines()
+    # the request follows the frame's reply; the summary follows one more frame, which is no head target
+    assert lines[-2:] == [
+        f"frame 11 @ 5.5s [speak]: <|im_start|>Assistant:{{lm: Now boil the water.{EOT}}}"
+        f"<|im_start|>System: Please summarize the progress.{EOT}",
+        f"frame 12 @ 6.0s [requested]: <|im_start|>Assistant:{{lm: {PROGRESS[1]}{EOT}}}"]
+    later = render(files["splits"], "--clip", "abc/1/talk_some_1").splitlines()
+    assert later[1] == f"<|im_start|>System: {PROMPT_B} {PROGRESS[1]} Task knowledge: {KNOWLEDGE}{EOT}"
+    assert later[2] == "frame 6 .. 14 [-] (9 silent frames)"
+
+
+def test_render_dst_clip_with_a_step_started_before_the_first_frame(render, files):
+    steps = "S1 = Attach the chassis.; S2 = Attach the wheels.; S3 = Add the cabin."
+    assert render(files["dst"]).split("\n", 1)[1] == "\n".join([
+        f"<|im_start|>System: {SYSTEM}\nGoal: Assemble a toy car\nKnowledge: {DST_CLIP['inferred_knowledge']}\n"
+        f"Steps: {steps}\nState: S1 not_started; S2 not_started; S3 not_started{EOT}"
+        f"<|im_start|>DST:{{dst: S1->start{EOT}}}",
+        f"frame 4 @ 2.0s [speak]: <|im_start|>User: I want to assemble the toy car.{EOT}"
+        f"<|im_start|>Assistant:{{lm: Start by attaching the chassis.{EOT}}}",
+        "frame 5 .. 10 [-] (6 silent frames)",
+        f"frame 11 @ 5.5s [speak dst]: <|im_start|>DST:{{dst: S1->complete; S2->start{EOT}}}"
+        f"<|im_start|>Assistant:{{lm: Now attach the wheels.{EOT}}}",
+        "frame 12 .. 22 [-] (11 silent frames)",
+        f"frame 23 @ 11.5s [speak dst]: <|im_start|>DST:{{dst: S2->complete; S3->start{EOT}}}"
+        f"<|im_start|>Assistant:{{lm: Finally, add the cabin.{EOT}}}",
+        "frame 24 .. 27 [-] (4 silent frames)",
+        f"frame 28 @ 14.0s [dst]: <|im_start|>DST:{{dst: S3->complete{EOT}}}",
+        f"frame 29 @ 14.5s [speak]: <|im_start|>Assistant:{{lm: All done, well built!{EOT}}}", ""])
+    # split short, the later part's prompt carries the state tracked from S1's start before the first frame
+    parts = render(files["dst"], "--max-seq-len", "400").split("== toy/0: sequence ")
+    assert len(parts) == 3 and "State: S1 completed; S2 in_progress; S3 not_started" in parts[2]
+
+
+def _perfect_stream(clip: Clip) -> StreamedClip:
+    """The reference itself as the model's output: a reply / DST update at exactly the frames the clip assigns."""
+    replies = {e.frame: e.text for e in reference_events(clip, "assistant")}
+    updates = {e.frame: e.text for e in reference_events(clip, "dst")}
+    records = [FrameRecord(time=clip.frame_timestamp(f), frame=f, speaking_prob=float(f in replies),
+                           dst_prob=float(f in updates), text=replies.get(f, ""), dst_text=updates.get(f, ""),
+                           dst_state=state, cache_tokens=0, cache_bytes=0, positions=(0, 0),
+                           beyond_max_positions=False, compressions=0, ms=0.0)
+               for f, state in zip(clip.frame_indices, reference_states(clip), strict=True)]
+    return StreamedClip(clip, records, 0)
+
+
+def _exact(a: list[str], b: list[str]) -> np.ndarray:
+    return np.array([[float(x == y) for y in b] for x in a]).reshape(len(a), len(b))
+
+
+def test_reference_scored_against_itself_is_perfect(files):
+    """Catches any misplacement between reference and prediction (pushed turns, turns after the end, DST updates
+    before the first frame, summaries, merged splits)."""
+    clips = whole_videos(_load(files["l0"])) + whole_videos(_load(files["splits"])) + _load(files["dst"])
+    for clip in clips:
+        m = score("none", (0.5, 0.5), [_perfect_stream(clip)], _exact).metrics
+        assert (m["f1"], m["time_diff"], m["missed"], m["redundant"]) == (1.0, 0.0, 0, 0), clip.id
+        if clip.task.steps:
+            assert (m["dst_f1"], m["dst_state_accuracy"]) == (1.0, 1.0), clip.id
+
+
+def test_streaming_uses_the_clips_prompt_and_starts_from_the_given_state(tiny_dir, files):
+    vlm, tok = load_backbone(str(tiny_dir))
+    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_threshold=2.0)
+    (dst_clip,) = _load(files["dst"])
+    first = next(iter(gen.stream(dst_clip)))
+    assert first.dst_state == {"S1": "in_progress", "S2": "not_started", "S3": "not_started"}
+    text = tok.decode(gen.token_ids.tolist())
+    assert text.count("System:") == 1 and text.startswith(f"<|im_start|>System: {SYSTEM}\nGoal: Assemble")
+    l0 = _load(files["l0"])[1]
+    list(gen.stream(l0))
+    text = tok.decode(gen.token_ids.tolist())
+    assert text.count("System:") == 2 and "Please summarize" not in text  # the prompt, then the knowledge turn
+    assert text.startswith(f"<|im_start|>System: {PROMPT_A}{EOT}<fake_token_around_image>")
+    list(gen.stream(_load(files["splits"])[1]))  # a split that ends with the reference's summary request
+    assert "Please summarize" not in tok.decode(gen.token_ids.tolist()), "the reference's request is never fed"
+
+
+def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files):
+    vlm, tok = load_backbone(str(tiny_dir))
+    from prospect.stream.strategies import SummarizeAndDrop
+
+    gen = StreamingGenerator(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
+                             max_summary_tokens=5, speaking_threshold=2.0, dst_threshold=2.0)
+    limits, generate = [], gen.generate_from
+    gen.generate_from = lambda hidden, max_new_tokens=None: limits.append(max_new_tokens) or generate(
+        hidden, max_new_tokens)
+    records = list(gen.stream(_load(files["l0"])[1]))
+    compressed = [r for r in records if r.summaries]
+    assert compressed and limits == [5] * len(compressed)  # summaries have their own limit
+    last = compressed[-1].summaries[0]
+    text = tok.decode(gen.token_ids.tolist())
+    prompt = " ".join(t for t in (PROMPT_A, last, f"Task knowledge: {KNOWLEDGE}") if t)  # upstream's layout
+    assert text.startswith(f"<|im_start|>System: {prompt}{EOT}<fake_token_around_image>")
+
+
+def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, files):
+    vlm, tok = load_backbone(str(tiny_dir))
+    from prospect.stream.strategies import DropMiddle
+
+    gen = StreamingGenerator(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
+                             speaking_threshold=2.0, dst_threshold=2.0)
+    records = list(gen.stream(_load(files["l0"])[1]))
+    assert records[-1].compressions >= 2
+    assert f"Task knowledge: {KNOWLEDGE}" in tok.decode(gen.token_ids.tolist())
+    gen.strategy = DropMiddle(budget=280, keep_recent=100)  # the prompt and knowledge alone are ~200 tokens
+    stream = gen.stream(_load(files["l0"])[1])
+    with pytest.raises(ValueError, match="the prefix it keeps .* holds"):
+        next(stream)
+
+
+def test_positions_past_the_models_maximum_are_reported(tiny_dir, files):
+    vlm, tok = load_backbone(str(tiny_dir))
+    vlm.config.text_config.max_position_embeddings = 300  # a long stream, shortened
+    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_threshold=2.0)
+    clip = _load(files["l0"])[0]
+    with pytest.warns(UserWarning, match="past the model's max_position_embeddings"):
+        records = list(gen.stream(clip))
+    beyond = sum(r.beyond_max_positions for r in records)
+    assert 0 < beyond < len(records)
+    m = score("none", (0.5, 0.5), [StreamedClip(clip, records, 0)], _exact).metrics
+    assert m["frames_beyond_max_positions"] == beyond
+
+
+def _train_and_eval(tmp_path, data: list[str], run: str):
+    """`python train.py +experiment=perframe data=clips ...` for a few steps, then eval.py on its checkpoint."""
+    from conftest import CONF
+    from hydra import compose, initialize_config_dir
+
+    from prospect.evaluate import run_eval
+    from prospect.train import train
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "+experiment=perframe", "data=clips", *data, "logger=csv", f"paths.output_dir={tmp_path / run}",
+            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "stream.max_new_tokens=4", "callbacks.streaming_validation.num_clips=1", "test=false"])
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["stream/none/f1"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        eval_cfg = compose("eval", overrides=[
+            f"ckpt_path={metrics['checkpoint']}", "calibrate=false",
+            "stream.settings=[none,summarize_1k,drop_middle_1k]", "stream.max_new_tokens=4",
+            "stream.max_summary_tokens=8", f"paths.output_dir={tmp_path / 'eval'}", "max_plots=1"])
+    return run_eval(eval_cfg)
+
+
+@pytest.mark.slow
+def test_train_and_stream_proassist_files(files, tmp_path):
+    prepared = files["l0"].parent
+    report = _train_and_eval(tmp_path, [f"data.root={prepared}", f"data.files.train={files['splits'].name}",
+                                        f"data.files.val={files['l0'].name}", f"data.files.test={files['l0'].name}"],
+                             "proassist")
+    assert report["none"]["clips"] == 3 and report["none"]["frames"] == 28 + 39 + 17  # whole videos
+    assert all(math.isfinite(report[s]["f1"]) for s in report)
+
+
+@pytest.mark.slow
+def test_train_and_stream_dst_files(files, tmp_path):
+    name = files["dst"].name
+    report = _train_and_eval(tmp_path, [f"data.root={files['dst'].parent}", f"data.files.train={name}",
+                                        f"data.files.val={name}", f"data.files.test={name}"], "dst")
+    assert report["none"]["clips"] == 1 and report["none"]["frames"] == 26
+    assert math.isfinite(report["none"]["dst_state_accuracy"])
