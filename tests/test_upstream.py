@@ -15,6 +15,7 @@ from prospect.data import load_clips
 from prospect.data.__main__ import main
 from prospect.data.clip import Clip
 from prospect.data.errors import ClipWarning
+from prospect.data.sequence import SequenceBuilder
 from prospect.data.splits import whole_videos
 from prospect.data.timebase import frame_at
 from prospect.eval.dst_metrics import reference_states
@@ -121,6 +122,16 @@ def _tokens(rendered: str) -> str:
     return rendered.splitlines()[0].rsplit(", ", 1)[1].removesuffix(" ==")
 
 
+def test_a_requested_summary_is_no_head_target(tiny_dir, files):
+    from prospect.data.sequence import decision_mask
+
+    _, tok = load_backbone(str(tiny_dir))
+    (seq,) = SequenceBuilder(tok, 1).build(_load(files["splits"])[1])
+    assert (seq.frames[-1], seq.speaking[-1], seq.supervised[-1]) == (12, 0, 0)
+    assert decision_mask(seq, 1.0, np.random.default_rng(0))[-1] is False  # every negative counts, not this one
+    assert sum(seq.speaking) == 2  # the two proactive replies before it
+
+
 def test_render_split_with_summary(render, files):
     lines = render(files["splits"], "--clip", "abc/0/talk_some_1").splitlines()
     # the request follows the frame's reply; the summary follows one more frame, which is no head target
@@ -208,9 +219,17 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files):
     limits, generate = [], gen.generate_from
     gen.generate_from = lambda hidden, max_new_tokens=None: limits.append(max_new_tokens) or generate(
         hidden, max_new_tokens)
+    before_restart, restart = [], gen.restart
+    gen.restart = lambda ids: before_restart.append(gen.token_ids.tolist()) or restart(ids)
     records = list(gen.stream(_load(files["l0"])[1]))
     compressed = [r for r in records if r.summaries]
     assert compressed and limits == [5] * len(compressed)  # summaries have their own limit
+    # what the cache held when it restarted: [request][the next frame][Assistant: summary<eot>], as trained
+    b = gen.builder
+    layout = b.turn_ids_of("system", "Please summarize the progress.") + b.frame_ids() + b.header_ids("assistant")
+    for held in before_restart[1:]:  # the first restart is the stream's start
+        at = max(i for i in range(len(held)) if held[i:i + len(layout)] == layout)
+        assert held[-1] == gen.end_of_turn_id and gen.end_of_turn_id not in held[at + len(layout):-1]
     last = compressed[-1].summaries[0]
     text = tok.decode(gen.token_ids.tolist())
     prompt = " ".join(t for t in (PROMPT_A, last, f"Task knowledge: {KNOWLEDGE}") if t)  # upstream's layout

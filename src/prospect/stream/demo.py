@@ -1,5 +1,6 @@
 """Transcript demo: stream one video through a checkpoint and print, with timestamps, what the assistant says
-and which steps it marks.
+and which steps it marks. Every turn, generated or given, is shown at its decision time: the end of the frame it
+is decided after.
 
     python -m prospect.stream.demo CHECKPOINT --clips data/synthetic/test.jsonl [--index 0] [--reference]
     python -m prospect.stream.demo CHECKPOINT --video my.mp4 --fps 2 --goal "make tea" \\
@@ -15,6 +16,7 @@ from pathlib import Path
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.frames import open_frames
 from prospect.data.load import load_clips
+from prospect.data.timebase import frame_end_time
 from prospect.stream.generator import StreamingGenerator
 
 
@@ -45,12 +47,12 @@ def transcript(generator: StreamingGenerator, clip: Clip, reference: bool = Fals
         while k < len(inputs) and inputs[k].frame <= record.frame:
             e = inputs[k]
             tag = e.role if e.role in ("user", "system") else f"reference {e.role}"
-            yield f"[{clock(e.time)}] {tag}: {e.text}"
+            yield f"[{clock(frame_end_time(e.frame, clip.fps))}] {tag}: {e.text}"
             k += 1
+        at = f"[{clock(frame_end_time(record.frame, clip.fps))}]"
         if record.compressions > last_compressions:
-            yield f"[{clock(record.time)}] (cache compressed: {record.cache_tokens} tokens kept)"
+            yield f"{at} (cache compressed: {record.cache_tokens} tokens kept)"
             last_compressions = record.compressions
-        at = f"[{clock(record.time)}]"
         if record.dst_text:
             marks = ", ".join(f"{i} {s} ({steps.get(i, '?')})" for i, s in record.dst_state.items()
                               if s != "not_started")
