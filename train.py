@@ -1,9 +1,16 @@
 """Train a proactive streaming assistant: `python train.py +experiment=perframe` (see README)."""
 
+import os
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from prospect.train import train
+
+# conf/paths: data, models and outputs under this folder, whatever the working directory (or under PROSPECT_ROOT)
+if not os.environ.get("PROSPECT_ROOT"):
+    os.environ["PROSPECT_ROOT"] = str(Path(__file__).resolve().parent)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -31,10 +31,10 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
     """One configuration, in the calling (fresh) process."""
     from prospect.data.batch import collate
     from prospect.data.datamodule import SequenceDataset
-    from prospect.data.features import write_features
     from prospect.data.sequence import SequenceBuilder
     from prospect.data.synthetic import synthesize
     from prospect.model.backbone import load_backbone
+    from prospect.model.features import FrameInputs, write_features
     from prospect.model.prospect_model import ProspectModel
 
     torch.manual_seed(0)
@@ -54,8 +54,7 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
         setup = time.perf_counter() - start
     net = ProspectModel(vlm, tokens_per_frame, train_connector=False)
     builder = SequenceBuilder(tok, tokens_per_frame)
-    data = SequenceDataset(clips, builder, vlm.config.vision_config.image_size, 1.0, "perframe", 0,
-                           features=store)
+    data = SequenceDataset(clips, builder, FrameInputs(vlm.config.vision_config.image_size, store), 1.0, "perframe", 0)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -109,20 +110,23 @@ def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("tiny"), corpus)
 
 
-CONF = Path(__file__).parents[1] / "conf"
-# the real configs shrunk for CPU: three short training videos, streaming validation on one short clip
-TINY_RUN = ["data.num_videos=3", "data.synthetic.val_videos=1", "data.synthetic.test_videos=2",
-            "data.synthetic.image_size=32", "data.synthetic.eval_step_seconds=[2,4]", "logger=csv",
-            "model.net.lora_dropout=0.0", "stream.max_new_tokens=4", "callbacks.streaming_validation.num_clips=1"]
+REPO = Path(__file__).parents[1]
+CONF = REPO / "conf"
+# conf/paths resolves under the project root, as train.py and eval.py set it
+if not os.environ.get("PROSPECT_ROOT"):
+    os.environ["PROSPECT_ROOT"] = str(REPO)
 
 
 def compose_train(tmp_path: Path, overrides: list[str], run: str = "run"):
+    """The configs users run plus `+debug=fast` (conf/debug: shrunk for CPU), writing under tmp_path."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # `overrides` come after the folders (they may name others) and before +debug=fast, as users type it;
+        # every key=value override applies after the configs merge, so theirs win over the debug config's
         return compose("train", overrides=[
-            *TINY_RUN, f"paths.output_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}",
-            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", *overrides])
+            f"paths.output_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}",
+            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", *overrides, "+debug=fast"])
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,202 @@
-"""The SLURM launcher and the Optuna search compose from the real configs and resolve to what the plugins need
-(nothing is submitted and no trial runs here)."""
+"""The configs users type compose and resolve to what they say: `+experiment=perframe` as before the configs took
+lightning-hydra-template's shape (tests/snapshots/), every experiment / model / data / trainer choice, paths under
+the project root from any working directory, `+debug=...` as a named shrink, the sweep objective equal to the
+checkpoint monitor, and the SLURM launcher and Optuna search as their plugins need them (nothing is submitted and
+no trial runs here)."""
 
+import importlib.util
 from pathlib import Path
 
+import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).parents[1] / "conf"
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+EXPERIMENTS = ("perframe", "perturn")
+SMOLVLM = {"smolvlm2_256m": "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+           "smolvlm2_500m": "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+           "smolvlm2_2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+           "smolvlm_256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
+           "smolvlm_500m": "HuggingFaceTB/SmolVLM-500M-Instruct"}
+TINY = {"tiny": None, "random_256m": "smolvlm2-256m", "random_500m": "smolvlm2-500m"}  # model: architecture
 
 
-def compose_with_hydra(overrides: list[str]):
+@pytest.fixture(autouse=True)
+def project_root(monkeypatch):
+    """conf/paths reads the root from PROSPECT_ROOT (train.py and eval.py set it to the repository)."""
+    monkeypatch.setenv("PROSPECT_ROOT", str(REPO))
+
+
+def compose_with_hydra(overrides: list[str], config: str = "train"):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+        return compose(config, overrides=overrides, return_hydra_config=True)
+
+
+def resolved(overrides: list[str], config: str = "train") -> dict:
+    """The job config as train(cfg) / run_eval(cfg) read it (this run's folder named, since no run started)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config, overrides=[*overrides, "paths.output_dir=OUT"])
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def leaves(d: dict, prefix: str = "") -> dict:
+    """{"a.b.c": value} for every leaf of a nested dict."""
+    out = {}
+    for k, v in d.items():
+        out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def test_perframe_is_what_it_was():
+    """`python train.py +experiment=perframe` resolves to the config it resolved to before the configs took the
+    template's shape; the differences are the ones issue #13 asks for, named here one by one."""
+    now = resolved(["+experiment=perframe"])
+    before = yaml.safe_load((REPO / "tests" / "snapshots" / "train_perframe.yaml").read_text())
+    # the paths group: files under the project root, absolute
+    assert now.pop("paths") == {"root_dir": str(REPO), "data_dir": f"{REPO}/data", "models_dir": f"{REPO}/models",
+                                "log_dir": f"{REPO}/outputs", "sweep_dir": f"{REPO}/multirun", "output_dir": "OUT"}
+    before.pop("paths")
+    assert now["data"]["root"] == f"{REPO}/data/synthetic" and before["data"]["root"] == "data/synthetic"
+    assert now["model"]["backbone"]["tiny_dir"] == f"{REPO}/models/tiny"
+    assert before["model"]["backbone"]["tiny_dir"] == "models/tiny"
+    # the sweep objective: the checkpoint monitor instead of val/speaking_auroc
+    assert now["optimized_metric"] == "stream/none/f1" and before["optimized_metric"] == "val/speaking_auroc"
+    for d in (now, before):
+        del d["data"]["root"], d["model"]["backbone"]["tiny_dir"], d["optimized_metric"]
+    assert leaves(now) == leaves(before)
+
+
+def test_runs_are_written_under_the_project_root():
+    for config, task in (("train", "perframe"), ("eval", "eval")):
+        hydra = compose_with_hydra(["+experiment=perframe"] if config == "train" else [], config).hydra
+        assert hydra.run.dir.startswith(f"{REPO}/outputs/{task}/"), config
+        assert hydra.sweep.dir.startswith(f"{REPO}/multirun/{task}/"), config
+        assert not hydra.job.chdir
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_model_and_data_choice_composes(experiment):
+    supervision = {"perframe": ("perframe", 1.0, 10), "perturn": ("perturn", 0.1, 20)}[experiment]
+    for model in (*SMOLVLM, *TINY):
+        for data in ("synthetic", "clips"):
+            cfg = resolved([f"+experiment={experiment}", f"model={model}", f"data={data}"]
+                           + (["data.root=/clips"] if data == "clips" else []))
+            name = f"{model}, {data}"
+            m, d = cfg["model"], cfg["data"]
+            assert (d["supervision"], d["neg_frame_rate"], cfg["trainer"]["max_epochs"]) == supervision, name
+            assert cfg["optimizer"]["lr"] == m["lr"] and m["tokens_per_frame"] == 16, name
+            if model in SMOLVLM:  # the SmolVLM base (model/smolvlm.yaml) with ProAssist's fine-tuning
+                assert m["backbone"] == {"source": SMOLVLM[model], "tiny_dir": f"{REPO}/models/tiny",
+                                         "architecture": None, "attn_implementation": "sdpa"}, name
+                assert (m["lr"], m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["train_connector"]) == (
+                    2e-4, 128, 256, False), name
+            else:  # the tiny model, or random weights in real shapes with its tokenizer
+                assert m["backbone"] == {"source": "tiny", "tiny_dir": f"{REPO}/models/tiny",
+                                         "architecture": TINY[model], "attn_implementation": "sdpa"}, name
+                assert (m["lr"], m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["train_connector"]) == (
+                    1e-3, 64, 128, True), name
+            assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name
+            assert d["_target_"] == "prospect.data.datamodule.ProspectDataModule" and d["seed"] == cfg["seed"], name
+            if data == "synthetic":
+                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 200, name
+                assert d["synthetic"]["val_videos"] == 10 and d["restart_share"] == 0.5, name
+            else:  # clip files: nothing of the synthetic generator
+                assert d["root"] == "/clips" and "synthetic" not in d and "num_videos" not in d, name
+                assert d["files"] == {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}, name
+                assert d["restart_share"] == 0.0, name
+
+
+def test_the_smolvlm_base_needs_a_source():
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue):
+        resolved(["model=smolvlm"])
+    assert resolved(["model=smolvlm", "model.backbone.source=/models/x"])["model"]["backbone"]["source"] == "/models/x"
+
+
+def test_trainer_configs_compose():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    for experiment in EXPERIMENTS:
+        for name, accelerator, precision, strategy in (
+                ("cpu", "cpu", "32-true", None), ("gpu", "gpu", "bf16-mixed", None),
+                ("ddp", "gpu", "bf16-mixed", "ddp"), ("fsdp", "gpu", "bf16-mixed", FSDPStrategy)):
+            trainer = resolved([f"trainer={name}", f"+experiment={experiment}"])["trainer"]
+            assert (trainer["accelerator"], trainer["precision"]) == (accelerator, precision), name
+            assert trainer["default_root_dir"] == "OUT" and trainer["gradient_clip_val"] == 1.0, name
+            if strategy == "ddp":
+                assert (trainer["strategy"], trainer["devices"], trainer["num_nodes"]) == ("ddp", 2, 1)
+            elif strategy is not None:
+                assert isinstance(instantiate(trainer["strategy"]), strategy)
+            else:
+                assert "strategy" not in trainer and trainer["devices"] == 1
+
+
+def test_eval_config_paths():
+    cfg = resolved([], "eval")
+    assert cfg["paths"]["root_dir"] == str(REPO) and cfg["model"]["backbone"]["tiny_dir"] == f"{REPO}/models/tiny"
+    assert cfg.get("data") is None  # the checkpoint's data
+    assert resolved(["data=synthetic"], "eval")["data"]["root"] == f"{REPO}/data/synthetic"
+
+
+def test_debug_configs_are_the_run_shrunk():
+    """`+debug=fast` changes these keys of the user's run and nothing else; `+debug=default` leaves the data alone,
+    so it fits data=clips."""
+    base = leaves(resolved(["+experiment=perframe"]))
+    shrink = {"model.net.lora_dropout": 0.0, "stream.max_new_tokens": 4, "callbacks.streaming_validation.num_clips": 1,
+              "callbacks.streaming_validation.max_new_tokens": 4}  # ${stream.max_new_tokens}
+    csv = {"logger._target_": "lightning.pytorch.loggers.CSVLogger", "logger.name": "csv"}  # save_dir: the same
+    data = {"data.num_videos": 3, "data.synthetic.val_videos": 1, "data.synthetic.test_videos": 2,
+            "data.synthetic.image_size": 32, "data.synthetic.eval_step_seconds": [2, 4]}
+    for debug, changed in (("default", {**shrink, **csv}), ("fast", {**shrink, **csv, **data})):
+        after = leaves(resolved(["+experiment=perframe", f"+debug={debug}"]))
+        assert {k: v for k, v in after.items() if base.get(k, "absent") != v} == changed, debug
+        assert {k for k in base if k not in after} == {"logger.project", "logger.group", "logger.offline",
+                                                        "logger.log_model"}, debug  # wandb's own settings
+    clips = ["+experiment=perframe", "data=clips", "data.root=/clips"]
+    assert resolved([*clips, "+debug=default"])["data"] == resolved(clips)["data"]
+    # a group the user names on the command line wins over the debug config's
+    assert resolved(["+experiment=perframe", "+debug=fast", "logger=wandb"])["logger"]["project"] == "prospect"
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    """train.py, the entry point users run, imported as a module."""
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_entry_point_sets_the_project_root(train_script, monkeypatch, tmp_path):
+    """Started from another working directory, train.py finds the same data and models (the root comes from
+    its own folder, not the working directory)."""
+    monkeypatch.delenv("PROSPECT_ROOT")
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("train_script_again", REPO / "train.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    cfg = resolved(["+experiment=perframe"])
+    assert (cfg["data"]["root"], cfg["model"]["backbone"]["tiny_dir"]) == (f"{REPO}/data/synthetic",
+                                                                          f"{REPO}/models/tiny")
+
+
+@pytest.mark.parametrize("overrides, monitor, direction", [
+    ([], "stream/none/f1", "maximize"),
+    (["callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"], "val/loss", "minimize"),
+])
+def test_sweep_objective_is_the_checkpoint_monitor(train_script, monkeypatch, overrides, monitor, direction):
+    """The Optuna search optimises the metric checkpoints are chosen by, in the monitor's direction, and a trial's
+    value (what train.py's main returns) is its score at the best checkpoint, not at the last epoch."""
+    cfg = compose_with_hydra(["hparams_search=loss_weights", "+experiment=perframe", *overrides])
+    assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == monitor
+    assert instantiate(cfg.hydra.sweeper).sweeper._get_directions() == [direction]  # as the plugin reads it
+    metrics = {"output_dir": "OUT", "checkpoint": "OUT/checkpoints/best.ckpt", monitor: 0.25,
+               f"best/{monitor}": 0.75, "val/speaking_auroc": 0.5}
+    monkeypatch.setattr(train_script, "train", lambda _: metrics)
+    assert train_script.main.__wrapped__(cfg) == 0.75
 
 
 def test_slurm_launcher_follows_the_trainer():
@@ -41,7 +225,7 @@ def test_loss_weight_search_composes():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert cfg.hydra.mode.name == "MULTIRUN"
-    assert sweeper.direction == "maximize" and cfg.optimized_metric == "val/speaking_auroc"
+    assert sweeper.direction == "maximize" and cfg.optimized_metric == "stream/none/f1"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
     space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
     assert not fixed and set(space) == {"loss.lm_weight", "loss.speaking_weight", "loss.dst_weight",
@@ -49,23 +233,3 @@ def test_loss_weight_search_composes():
     assert all(isinstance(d, LogUniformDistribution) and d.low > 0 for d in space.values())
     for key in space:  # each searched key exists, so a trial's override changes the loss
         assert isinstance(OmegaConf.select(cfg, key), float), key
-
-
-def test_trainer_configs_compose():
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    for name, accelerator, precision in (("cpu", "cpu", "32-true"), ("gpu", "gpu", "bf16-mixed"),
-                                         ("ddp", "gpu", "bf16-mixed"), ("fsdp", "gpu", "bf16-mixed")):
-        trainer = compose_with_hydra([f"trainer={name}", "+experiment=perframe"]).trainer
-        assert (trainer.accelerator, trainer.precision) == (accelerator, precision), name
-    fsdp = compose_with_hydra(["trainer=fsdp"]).trainer
-    assert isinstance(instantiate(fsdp.strategy), FSDPStrategy)
-
-
-def test_real_model_configs_name_hub_ids():
-    for name, hub in (("smolvlm2_256m", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"),
-                      ("smolvlm2_500m", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
-                      ("smolvlm2_2b", "HuggingFaceTB/SmolVLM2-2.2B-Instruct")):
-        model = compose_with_hydra([f"model={name}"]).model
-        assert model.backbone.source == hub and model.net.lora_r == 128 and model.net.lora_alpha == 256
-        assert model.tokens_per_frame == 16

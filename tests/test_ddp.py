@@ -149,13 +149,12 @@ def test_train_py_ddp_on_cpu(tmp_path):
     each rank streams one of the two validation clips, rank 0 scores both, and both ranks log its numbers; each
     rank trains on its share of the epoch's shuffle (one sequence per clip: data.restart_share=0)."""
     run_dir, settings = tmp_path / "run", ["none"]
-    cmd = [sys.executable, "train.py", "+experiment=perframe", "trainer=ddp", "trainer.accelerator=cpu",
+    cmd = [sys.executable, "train.py", "+experiment=perframe", "+debug=fast", "trainer=ddp", "trainer.accelerator=cpu",
            "trainer.devices=2", "trainer.precision=32-true", "trainer.max_epochs=2", "+trainer.limit_train_batches=2",
-           "logger=csv",
-           "data.num_videos=4", "data.synthetic.val_videos=2", "data.synthetic.test_videos=2",
-           "data.synthetic.eval_step_seconds=[2,4]", "data.synthetic.eval_num_steps=[2,2]", "data.restart_share=0",
-           "callbacks.streaming_validation.num_clips=2",
-           f"stream.settings=[{','.join(settings)}]", "stream.max_new_tokens=4", f"data.root={tmp_path / 'data'}",
+           # what this test counts on: two validation clips of two steps, one sequence per training clip
+           "data.num_videos=4", "data.synthetic.val_videos=2", "data.synthetic.eval_num_steps=[2,2]",
+           "data.restart_share=0", "callbacks.streaming_validation.num_clips=2",
+           f"stream.settings=[{','.join(settings)}]", f"data.root={tmp_path / 'data'}",
            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", f"hydra.run.dir={run_dir}",
            "+callbacks.record._target_=test_ddp.RecordRank", f"+callbacks.record.out_dir={tmp_path}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}

@@ -14,11 +14,11 @@ from hydra import compose, initialize_config_dir
 from prospect.data.__main__ import main as data_cli
 from prospect.data.batch import collate
 from prospect.data.datamodule import SequenceDataset
-from prospect.data.features import FeatureStore, feature_identity, write_features
 from prospect.data.sequence import SequenceBuilder
 from prospect.data.synthetic import synthesize
 from prospect.evaluate import run_eval
 from prospect.model.backbone import build_tiny, load_backbone
+from prospect.model.features import FeatureStore, FrameInputs, feature_identity, write_features
 from prospect.model.prospect_model import ProspectModel
 from prospect.stream import StreamingGenerator
 from prospect.train import train
@@ -38,8 +38,8 @@ def test_training_logits_equal_with_cached_features(tiny_dir, cached):
     clips, store = cached
     vlm, tok = load_backbone(str(tiny_dir))
     builder, size = SequenceBuilder(tok, TPF), vlm.config.vision_config.image_size
-    raw = SequenceDataset(clips, builder, size, 1.0, "perframe", 0)
-    from_store = SequenceDataset(clips, builder, size, 1.0, "perframe", 0, features=store)
+    raw = SequenceDataset(clips, builder, FrameInputs(size), 1.0, "perframe", 0)
+    from_store = SequenceDataset(clips, builder, FrameInputs(size, store), 1.0, "perframe", 0)
     a = collate([raw[0], raw[1]], tok.pad_token_id)
     b = collate([from_store[0], from_store[1]], tok.pad_token_id)
     assert b.pixel_values.numel() == 0 and b.frame_features.shape == (a.pixel_values.shape[0], TPF, 128)

@@ -125,14 +125,15 @@ def test_negative_subsampling(tokenizer):
 
 def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
     from prospect.data.datamodule import SequenceDataset
+    from prospect.model.features import FrameInputs
 
     clips = [hand_clip() for _ in range(40)]
     for k, clip in enumerate(clips):
         clip.id, clip.video.end_frame = f"hand/{k}", 100
     b = SequenceBuilder(tokenizer, 2)
     limit = len(b.build(clips[0])[0]) // 2
-    whole = SequenceDataset(clips, b, 32, 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.0)
-    half = SequenceDataset(clips, b, 32, 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.5)
+    whole = SequenceDataset(clips, b, FrameInputs(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.0)
+    half = SequenceDataset(clips, b, FrameInputs(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.5)
     cut = {clips[c].id for c, seq in half.items if len(seq) <= limit}
     assert len(whole) == 40 and 10 < len(cut) < 30  # about half the clips, each cut into several sequences
     assert len(half) == 40 - len(cut) + sum(len(b.build(c, limit)) for c in clips if c.id in cut)

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from prospect.data.clip import Clip, Event, Step, Task, Video
+from prospect.data.dst import apply_updates, parse_updates
 from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames, encode_frames, pixels
 from prospect.stream import StreamingGenerator, make_strategy
+from prospect.stream.cache import CacheState
 from prospect.stream.strategies import (
     DropAll,
     DropMiddle,
@@ -78,34 +80,37 @@ def test_none_equals_one_full_forward(gen, clip):
         dst = torch.sigmoid(gen.dst_head(hidden))
     torch.testing.assert_close(torch.tensor([r.speaking_prob for r in records]), speaking, atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.tensor([r.dst_prob for r in records]), dst, atol=1e-4, rtol=0)
-    # and the LM logits after every frame, through the generator's own feed()
-    gen.restart(prompt)
-    fed = torch.stack([gen.feed(c, frame_features(gen, clip, [f])) for f, c in zip(clip.frame_indices,
-                                                                                   chunks(gen, clip), strict=True)])
+    # and the LM logits after every frame, through the cache state's own append()
+    cache = CacheState(gen.model)
+    cache.restart(prompt)
+    fed = torch.stack([cache.append(c, frame_features(gen, clip, [f])) for f, c in zip(clip.frame_indices,
+                                                                                      chunks(gen, clip), strict=True)])
     torch.testing.assert_close(gen.model.lm_head(fed), gen.model.lm_head(hidden), atol=1e-4, rtol=1e-4)
     assert records[-1].cache_tokens == len(ids) and records[-1].positions == (0, len(ids) - 1)
 
 
 def test_text_only_greedy_equals_model_generate(gen):
     prompt = torch.randint(10, len(gen.tokenizer), (23,)).tolist()
-    ours = gen.generate_text(prompt, max_new_tokens=30)
+    cache = CacheState(gen.model)  # a fresh cache with the prompt, then greedy decoding (as model.generate would)
+    ours = gen.decoder.generate(cache, cache.restart(prompt), max_new_tokens=30)
     ref = gen.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=30, eos_token_id=gen.end_of_turn_id,
+                             do_sample=False, max_new_tokens=30, eos_token_id=gen.builder.end_of_turn_id,
                              pad_token_id=gen.tokenizer.pad_token_id)[0, len(prompt):].tolist()
     assert ours == ref
 
 
-def _feed_all(gen, clip, frames):
-    return [gen.feed(chunks(gen, clip)[f], frame_features(gen, clip, [f])) for f in frames]
+def _feed_all(gen, cache, clip, frames):
+    return [cache.append(chunks(gen, clip)[f], frame_features(gen, clip, [f])) for f in frames]
 
 
 def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
     prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
-    gen.restart(prompt)
-    _feed_all(gen, clip, range(0, 30))
-    before = gen.cache_tokens
-    gen.drop_middle(torch.arange(len(prompt)), keep_recent=70, rerotate=False)
-    new = torch.stack(_feed_all(gen, clip, range(30, 36)))
+    cache = CacheState(gen.model)
+    cache.restart(prompt)
+    _feed_all(gen, cache, clip, range(0, 30))
+    before = cache.tokens
+    cache.keep(torch.arange(len(prompt)), recent=70)
+    new = torch.stack(_feed_all(gen, cache, clip, range(30, 36)))
     # reference: every token at its original position; the new rows do not see the dropped columns
     ids = list(prompt) + [t for c in chunks(gen, clip)[:36] for t in c]
     total = len(ids)
@@ -115,7 +120,7 @@ def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
     hidden = full_forward(gen, ids, frame_features(gen, clip, range(36)), mask)
     ends = (torch.tensor([len(c) for c in chunks(gen, clip)[30:36]]).cumsum(0) + before - 1)
     torch.testing.assert_close(gen.model.lm_head(new), gen.model.lm_head(hidden[ends]), atol=1e-4, rtol=1e-4)
-    assert gen.positions.max() == total - 1, "keep continues the original numbering"
+    assert cache.positions.max() == total - 1, "keep continues the original numbering"
 
 
 def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
@@ -123,12 +128,15 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
     for rerotate in (False, True):
         vlm, tok = load_backbone(str(tiny_dir))
         g = StreamingGenerator(vlm, tok, TPF)
-        g.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
-        _feed_all(g, clip, range(0, 25))
-        g.drop_middle(torch.arange(0), keep_recent=90, rerotate=rerotate)
-        results.append(torch.stack(_feed_all(g, clip, range(25, 30))))
+        cache = CacheState(g.model)
+        cache.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
+        _feed_all(g, cache, clip, range(0, 25))
+        cache.keep(torch.arange(0), recent=90)
         if rerotate:
-            assert g.positions.tolist() == list(range(90 + sum(len(c) for c in chunks(g, clip)[25:30])))
+            cache.rerotate()
+        results.append(torch.stack(_feed_all(g, cache, clip, range(25, 30))))
+        if rerotate:
+            assert cache.positions.tolist() == list(range(90 + sum(len(c) for c in chunks(g, clip)[25:30])))
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
 
 
@@ -146,22 +154,31 @@ def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
 def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
     gen.strategy = strategy
     gen.speaking_threshold = gen.dst_threshold = 0.0  # both heads fire on every frame: the most tokens
-    records = list(gen.stream(clip))
+    stream = gen.stream(clip)
+    records = list(stream)
     assert max(r.cache_tokens for r in records) <= strategy.budget
     assert records[-1].compressions >= 2, "the budget was small enough to compress several times"
-    # the untrained model writes no valid DST update: the tracked state never moves
-    assert all(r.dst_state == {"S1": "not_started", "S2": "not_started"} for r in records)
-    assert gen.malformed_dst == sum(bool(r.dst_text) for r in records) or gen.malformed_dst > 0
+    # the tracked state moves by exactly the generated updates that parse and fit it; the others are counted
+    state, states, malformed = clip.task.start_state(), [], 0
+    for r in records:
+        try:
+            state = apply_updates(state, parse_updates(r.dst_text)) if r.dst_text else state
+        except ValueError:
+            malformed += 1
+        states.append(state)
+    assert [r.dst_state for r in records] == states and stream.malformed_dst == malformed
 
 
 def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
     outputs = iter(["S1->start", "S9->start", "complete S1", "S1->complete; S2->start", "S1->start"])
-    monkeypatch.setattr(gen, "_turn", lambda role: next(outputs) if role == "dst" else "")
+    monkeypatch.setattr(gen.decoder, "turn", lambda cache, role, max_new_tokens=None:  # the decoder, scripted
+                        next(outputs) if role == "dst" else "")
     gen.dst_threshold, gen.speaking_threshold = 0.0, 2.0
-    states = [r.dst_state for _, r in zip(range(5), gen.stream(clip), strict=False)]
+    stream = gen.stream(clip)
+    states = [r.dst_state for _, r in zip(range(5), stream, strict=False)]
     assert states == [{"S1": "in_progress", "S2": "not_started"}] * 3 + [
         {"S1": "completed", "S2": "in_progress"}] * 2
-    assert gen.malformed_dst == 3  # unknown step, not the text form, start after completion
+    assert stream.malformed_dst == 3  # unknown step, not the text form, start after completion
 
 
 def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
@@ -171,13 +188,14 @@ def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     records = list(gen.stream(clip))
     first = next(r for r in records if r.summaries)
     (summary,) = first.summaries
-    # a fresh generator whose cache holds the prompt carrying that summary, then the same frame
-    fresh = StreamingGenerator(vlm, tok, TPF, speaking_head=gen.speaking_head, dst_head=gen.dst_head)
-    fresh.task, fresh.state, fresh.system_prompt, fresh.knowledge = clip.task, dict(first.dst_state), None, None
-    fresh.restart(fresh.prompt(progress=summary))
-    hidden = fresh.feed(chunks(fresh, clip)[first.frame], frame_features(fresh, clip, [first.frame]))
+    # a fresh stream of the clip (its state: the start's, as at that frame) whose cache holds the prompt
+    # carrying that summary, then the same frame
+    fresh = gen.stream(clip)
+    assert fresh.dst.state == first.dst_state
+    fresh.cache.restart(fresh.prompt(progress=summary))
+    hidden = fresh.cache.append(chunks(gen, clip)[first.frame], frame_features(gen, clip, [first.frame]))
     assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)
-    assert f"{fresh.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt(progress=summary))
+    assert f"{gen.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt(progress=summary))
 
 
 def test_named_settings():
@@ -201,9 +219,10 @@ def test_generated_turns_are_cached_as_training_renders_them(gen, clip):
     """Frame chunk, then the DST turn, then the reply: header, body, end-of-turn token (added when a turn is cut
     at max_new_tokens), exactly the layout of the sequence builder."""
     gen.speaking_threshold = gen.dst_threshold = 0.0
-    first = next(iter(gen.stream(clip)))
-    b, eot = gen.builder, gen.end_of_turn_id
-    ids = gen.token_ids.tolist()
+    stream = gen.stream(clip)
+    first = next(stream)
+    b, eot = gen.builder, gen.builder.end_of_turn_id
+    ids = stream.cache.token_ids.tolist()
     prompt, chunk = b.prompt_ids(clip.task, first.dst_state), chunks(gen, clip)[0]
     assert ids[:len(prompt) + len(chunk)] == prompt + chunk
     rest = ids[len(prompt) + len(chunk):]
@@ -211,17 +230,18 @@ def test_generated_turns_are_cached_as_training_renders_them(gen, clip):
     assert rest[:len(dst_header)] == dst_header and rest[-1] == eot
     end_of_dst = rest.index(eot)
     assert rest[end_of_dst + 1:end_of_dst + 1 + len(reply_header)] == reply_header
-    assert len(gen.token_ids) == first.cache_tokens == gen.cache.layers[0].keys.shape[-2]
+    assert len(stream.cache.token_ids) == first.cache_tokens == stream.cache.kv.layers[0].keys.shape[-2]
 
 
 def test_drop_middle_keeps_the_prompt_and_the_first_user_turn(gen, clip):
     gen.strategy = DropMiddle(budget=360, keep_recent=80)
     gen.speaking_threshold = gen.dst_threshold = 2.0
-    records = list(gen.stream(clip))
+    stream = gen.stream(clip)
+    records = list(stream)
     assert records[-1].compressions >= 2
     prompt = gen.builder.prompt_ids(clip.task, records[-1].dst_state)
     user = gen.builder.turn_ids(clip.events[0])  # decided after frame 1, among that frame's tokens
-    ids = gen.token_ids.tolist()
+    ids = stream.cache.token_ids.tolist()
     assert ids[:len(prompt) + len(user)] == prompt + user
     first_user_position = len(prompt) + 2 * len(gen.builder.frame_ids())  # frames 0 and 1 precede it
-    assert gen.positions[len(prompt)] == first_user_position, "keep: kept tokens stay at their positions"
+    assert stream.cache.positions[len(prompt)] == first_user_position, "keep: kept tokens stay at their positions"

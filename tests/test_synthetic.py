@@ -168,3 +168,12 @@ def test_ensure_synthetic_regenerates_only_on_change(tmp_path):
     assert ensure_synthetic(tmp_path, 2, seed=4, image_size=32, val_videos=1, test_videos=1)
     assert (tmp_path / "train.jsonl").read_bytes() != before
     assert all(p.name.startswith("syn4-") for p in (tmp_path / "frames").iterdir()), "old videos removed"
+
+
+def test_never_generates_into_a_folder_of_other_data(tmp_path):
+    from prospect.data.synthetic import ensure_synthetic
+
+    (tmp_path / "train.jsonl").write_text("{}\n")  # someone's real clips
+    with pytest.raises(FileExistsError, match="no synthetic manifest.json"):
+        ensure_synthetic(tmp_path, 2, seed=0)
+    assert (tmp_path / "train.jsonl").read_text() == "{}\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_RUN, compose_train
+from conftest import compose_train
 
 from prospect.train import train
 
@@ -74,7 +74,7 @@ def test_multirun_sweep_with_offline_wandb(tmp_path, trained):
     sweep = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     cmd = [sys.executable, "train.py", "-m", "+experiment=perframe", "loss.speaking_weight=0.5,2",
-           "trainer.max_steps=1", "test=false", *TINY_RUN[:-2], "logger=wandb", f"data.root={tmp / 'data'}",
+           "trainer.max_steps=1", "test=false", "+debug=fast", "logger=wandb", f"data.root={tmp / 'data'}",
            f"model.backbone.tiny_dir={tmp / 'tiny'}", f"hydra.sweep.dir={sweep}"]
     result = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600,
                             env={**env, "HOME": str(tmp_path)})  # no ~/.netrc: no API key

@@ -197,31 +197,37 @@ def test_streaming_uses_the_clips_prompt_and_starts_from_the_given_state(tiny_di
     vlm, tok = load_backbone(str(tiny_dir))
     gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_threshold=2.0)
     (dst_clip,) = _load(files["dst"])
-    first = next(iter(gen.stream(dst_clip)))
+    stream = gen.stream(dst_clip)
+    first = next(stream)
     assert first.dst_state == {"S1": "in_progress", "S2": "not_started", "S3": "not_started"}
-    text = tok.decode(gen.token_ids.tolist())
+    text = tok.decode(stream.cache.token_ids.tolist())
     assert text.count("System:") == 1 and text.startswith(f"<|im_start|>System: {SYSTEM}\nGoal: Assemble")
     l0 = _load(files["l0"])[1]
-    list(gen.stream(l0))
-    text = tok.decode(gen.token_ids.tolist())
+    stream = gen.stream(l0)
+    list(stream)
+    text = tok.decode(stream.cache.token_ids.tolist())
     assert text.count("System:") == 2 and "Please summarize" not in text  # the prompt, then the knowledge turn
     assert text.startswith(f"<|im_start|>System: {PROMPT_A}{EOT}<fake_token_around_image>")
-    list(gen.stream(_load(files["splits"])[1]))  # a split that ends with the reference's summary request
-    assert "Please summarize" not in tok.decode(gen.token_ids.tolist()), "the reference's request is never fed"
+    stream = gen.stream(_load(files["splits"])[1])  # a split that ends with the reference's summary request
+    list(stream)
+    assert "Please summarize" not in tok.decode(stream.cache.token_ids.tolist()), "the reference's request is never fed"
 
 
-def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files):
+def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, monkeypatch):
     vlm, tok = load_backbone(str(tiny_dir))
+    from prospect.stream.cache import CacheState
     from prospect.stream.strategies import SummarizeAndDrop
 
     gen = StreamingGenerator(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
                              max_summary_tokens=5, speaking_threshold=2.0, dst_threshold=2.0)
-    limits, generate = [], gen.generate_from
-    gen.generate_from = lambda hidden, max_new_tokens=None: limits.append(max_new_tokens) or generate(
-        hidden, max_new_tokens)
-    before_restart, restart = [], gen.restart
-    gen.restart = lambda ids: before_restart.append(gen.token_ids.tolist()) or restart(ids)
-    records = list(gen.stream(_load(files["l0"])[1]))
+    limits, generate = [], gen.decoder.generate
+    monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
+        max_new_tokens) or generate(cache, hidden, max_new_tokens))
+    before_restart, restart = [], CacheState.restart
+    monkeypatch.setattr(CacheState, "restart", lambda cache, ids: before_restart.append(cache.token_ids.tolist())
+                        or restart(cache, ids))
+    stream = gen.stream(_load(files["l0"])[1])
+    records = list(stream)
     compressed = [r for r in records if r.summaries]
     assert compressed and limits == [5] * len(compressed)  # summaries have their own limit
     # what the cache held when it restarted: [request][the next frame][Assistant: summary<eot>], as trained
@@ -229,9 +235,9 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files):
     layout = b.turn_ids_of("system", "Please summarize the progress.") + b.frame_ids() + b.header_ids("assistant")
     for held in before_restart[1:]:  # the first restart is the stream's start
         at = max(i for i in range(len(held)) if held[i:i + len(layout)] == layout)
-        assert held[-1] == gen.end_of_turn_id and gen.end_of_turn_id not in held[at + len(layout):-1]
+        assert held[-1] == b.end_of_turn_id and b.end_of_turn_id not in held[at + len(layout):-1]
     last = compressed[-1].summaries[0]
-    text = tok.decode(gen.token_ids.tolist())
+    text = tok.decode(stream.cache.token_ids.tolist())
     prompt = " ".join(t for t in (PROMPT_A, last, f"Task knowledge: {KNOWLEDGE}") if t)  # upstream's layout
     assert text.startswith(f"<|im_start|>System: {prompt}{EOT}<fake_token_around_image>")
 
@@ -242,9 +248,10 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
 
     gen = StreamingGenerator(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
                              speaking_threshold=2.0, dst_threshold=2.0)
-    records = list(gen.stream(_load(files["l0"])[1]))
+    stream = gen.stream(_load(files["l0"])[1])
+    records = list(stream)
     assert records[-1].compressions >= 2
-    assert f"Task knowledge: {KNOWLEDGE}" in tok.decode(gen.token_ids.tolist())
+    assert f"Task knowledge: {KNOWLEDGE}" in tok.decode(stream.cache.token_ids.tolist())
     gen.strategy = DropMiddle(budget=280, keep_recent=100)  # the prompt and knowledge alone are ~200 tokens
     stream = gen.stream(_load(files["l0"])[1])
     with pytest.raises(ValueError, match="the prefix it keeps .* holds"):
@@ -274,9 +281,9 @@ def _train_and_eval(tmp_path, data: list[str], run: str):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[
-            "+experiment=perframe", "data=clips", *data, "logger=csv", f"paths.output_dir={tmp_path / run}",
+            "+experiment=perframe", "data=clips", *data, f"paths.output_dir={tmp_path / run}",
             f"model.backbone.tiny_dir={tmp_path / 'tiny'}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-            "stream.max_new_tokens=4", "callbacks.streaming_validation.num_clips=1", "test=false"])
+            "test=false", "+debug=default"])  # +debug=fast is for synthetic data
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["stream/none/f1"])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

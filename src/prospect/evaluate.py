@@ -22,6 +22,7 @@ from prospect.eval.report import (
     save_plots,
 )
 from prospect.eval.streaming import calibrate, evaluate
+from prospect.model.features import open_features
 from prospect.stream.generator import StreamingGenerator
 
 
@@ -33,7 +34,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
         datamodule.prepare_data()
     encoder = load_encoder(cfg.encoder)
-    store = datamodule.open_features(generator.model, generator.tokens_per_frame)  # None: encode the frames
+    store = open_features(datamodule.features, generator.model, generator.tokens_per_frame)  # None: encode frames
     settings = list(cfg.stream.settings)
     window = tuple(cfg.window) if cfg.window else None
     thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_threshold)

@@ -21,42 +21,47 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from prospect.data.sequence import PROMPT_WORDS, SequenceBuilder
-from prospect.model.backbone import load_backbone
+from prospect.data.datamodule import ProspectDataModule
+from prospect.data.sequence import PROMPT_WORDS
+from prospect.model.factory import build_model
+from prospect.model.features import FrameInputs, open_features
 from prospect.model.module import ProspectModule
-from prospect.model.prospect_model import ProspectModel
 
 
-def build(cfg: DictConfig) -> tuple[ProspectModule, Any]:
+def build(cfg: DictConfig) -> tuple[ProspectModule, ProspectDataModule]:
     """The LightningModule and DataModule a config describes (data generated, tiny model built if needed)."""
     datamodule = instantiate(cfg.data)
     with _lock(Path(cfg.data.root).parent / ".prospect-prepare.lock"):  # SLURM starts all ranks at once
         datamodule.prepare_data()
-    backbone = cfg.model.backbone
     corpus = None
-    if backbone.source == "tiny":  # the tiny tokenizer learns the data's texts and our prompt's words
+    if cfg.model.backbone.source == "tiny":  # the tiny tokenizer learns the data's texts and our prompt's words
         corpus = chain(datamodule.corpus(), [cfg.model.system_prompt], PROMPT_WORDS)  # read only if built
-    with _lock(Path(backbone.tiny_dir).parent / ".prospect-tiny.lock"):
-        vlm, tokenizer = load_backbone(backbone.source, tiny_dir=backbone.tiny_dir,
-                                       architecture=backbone.architecture, tiny_corpus=corpus,
-                                       attn_implementation=backbone.get("attn_implementation", "sdpa"))
-    max_positions = vlm.config.text_config.max_position_embeddings
-    for key in ("max_seq_len", "restart_len"):
-        if (cfg.data.get(key) or 0) > max_positions:
-            raise ValueError(f"data.{key}={cfg.data[key]} is more than the model's max_position_embeddings "
-                             f"({max_positions}): positions past it were never trained")
-    builder = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt,
-                              max_seq_len=cfg.data.max_seq_len)
+    with _lock(Path(cfg.model.backbone.tiny_dir).parent / ".prospect-tiny.lock"):
+        model, tokenizer = build_model(cfg.model, corpus)
     if datamodule.features and cfg.model.net.train_connector:
         raise ValueError(f"data.features={datamodule.features}: cached frame features need the connector frozen "
                          "(model.net.train_connector=false)")
-    datamodule.attach(builder, vlm.config.vision_config.image_size,
-                      datamodule.open_features(vlm, cfg.model.tokens_per_frame))
-    model = ProspectModel(vlm, cfg.model.tokens_per_frame, **cfg.model.net)
+    vlm, tokens_per_frame = model.vlm, cfg.model.tokens_per_frame
+    frames = FrameInputs(vlm.config.vision_config.image_size, open_features(datamodule.features, vlm, tokens_per_frame))
+    datamodule.attach(tokenizer, tokens_per_frame, frames, cfg.model.system_prompt,
+                      max_positions=vlm.config.text_config.max_position_embeddings)
     module = ProspectModule(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
-                            instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                            config=OmegaConf.to_container(cfg, resolve=True))
+                            instantiate(cfg.scheduler) if cfg.get("scheduler") else None, config=_run_config(cfg))
     return module, datamodule
+
+
+def _run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config that checkpoints store, its local paths absolute: a checkpoint then loads (and eval.py
+    finds its data) from any working directory."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    backbone, data = config["model"]["backbone"], config["data"]
+    keys = [(backbone, "tiny_dir"), (data, "root"), (data, "frames_root"), (data, "features")]
+    if backbone["source"] != "tiny" and Path(backbone["source"]).is_dir():  # else a hub id
+        keys.append((backbone, "source"))
+    for section, key in keys:
+        if section.get(key):
+            section[key] = str(Path(section[key]).resolve())
+    return config
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -70,14 +75,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_for_test = cfg.ckpt_path
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         best = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         ckpt_for_test = best.best_model_path if best else None
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.train and best is not None and best.best_model_score is not None:
         metrics[f"best/{best.monitor}"] = float(best.best_model_score)
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test or None)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_for_test or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     if isinstance(logger, WandbLogger):  # close the run: the next job of a multirun must start its own
         logger.experiment.finish()

@@ -1,4 +1,6 @@
-"""Command line: `python -m prospect.data {validate,import,synth,features} ...`."""
+"""Command line: `python -m prospect.data {validate,import,synth,features,render} ...`. An entry point, so a job
+in the import order (data -> model -> stream -> eval -> jobs): `features` and `render` load a model's vision
+path or tokenizer, lazily."""
 
 from __future__ import annotations
 
@@ -104,22 +106,14 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from prospect.data.features import write_features
     from prospect.model.backbone import load_backbone
+    from prospect.model.features import write_features
 
     vlm, _ = load_backbone(args.model, tiny_dir=args.tiny_dir, architecture=args.architecture)
     clips = [c for path in args.clips for c in load_clips(path, args.root)]
     store = write_features(args.out, clips, vlm.to(args.device).eval(), args.tokens_per_frame, args.batch_size)
     print(f"{args.out}: {len(store.rows)} frames of {len(clips)} clip(s), model {store.identity}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ClipFormatError as err:  # a bad input file: say what is wrong, not a traceback
-        print(err, file=sys.stderr)
-        sys.exit(1)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -141,3 +135,12 @@ def _render(args: argparse.Namespace) -> int:
               f"{len(seq)} tokens ==")
         print(describe(builder, seq))
     return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ClipFormatError as err:  # a bad input file: say what is wrong, not a traceback
+        print(err, file=sys.stderr)
+        sys.exit(1)
+

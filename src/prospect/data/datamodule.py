@@ -1,28 +1,32 @@
 """LightningDataModule: clip files (or the synthetic default, generated on first use) -> rendered sequences ->
 batches. Sequences are rendered once per split; frames are read and negative frames drawn on access, the
-negatives re-drawn each epoch from (seed, epoch, index) so a resumed run sees the same draws."""
+negatives re-drawn each epoch from (seed, epoch, index) so a resumed run sees the same draws.
+
+It knows nothing of models: what a model decides (its tokenizer, frame tokens, how it takes frames) is handed
+over by `attach` once the model is built."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from prospect.data.batch import Sample, collate
 from prospect.data.clip import Clip
 from prospect.data.dataset import ClipDataset
-from prospect.data.features import FeatureStore, feature_identity
-from prospect.data.sequence import SequenceBuilder, decision_mask
+from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT, SequenceBuilder, decision_mask
 from prospect.data.splits import whole_videos
-from prospect.model.vision import pixels
 
 SPLITS = ("train", "val", "test")
+# (clip, frame indices) -> (pixel values [F, 3, S, S] or empty, frame features [F, tokens_per_frame, H] or None):
+# how the model takes frames (prospect.model.features.FrameInputs)
+FrameReader = Callable[[Clip, list[int]], tuple[Tensor, Tensor | None]]
 
 
 class SequenceDataset(Dataset):
@@ -31,14 +35,13 @@ class SequenceDataset(Dataset):
     tokens, each starting from the prompt with the state and a summary: how the cache looks after a restart
     (summarize, dst_state), which a model trained only on whole clips never sees."""
 
-    def __init__(self, clips: list[Clip], builder: SequenceBuilder, image_size: int, neg_frame_rate: float,
-                 supervision: str, seed: int, restart_len: int | None = None, restart_share: float = 0.0,
-                 features: FeatureStore | None = None):
-        self.clips, self.features = clips, features
+    def __init__(self, clips: list[Clip], builder: SequenceBuilder, frames: FrameReader, neg_frame_rate: float,
+                 supervision: str, seed: int, restart_len: int | None = None, restart_share: float = 0.0):
+        self.clips, self.frames = clips, frames
         restarted = np.random.default_rng([seed, 1]).random(len(clips)) < restart_share
         self.items = [(c, seq) for c, clip in enumerate(clips)
                       for seq in builder.build(clip, restart_len if restarted[c] else None)]
-        self.image_size, self.neg_frame_rate = image_size, neg_frame_rate
+        self.neg_frame_rate = neg_frame_rate
         self.supervision, self.seed = supervision, seed
         self.epoch = 0
 
@@ -53,9 +56,8 @@ class SequenceDataset(Dataset):
         clip = self.clips[c]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         mask = decision_mask(seq, self.neg_frame_rate, rng, self.supervision)
-        if self.features is not None:
-            return Sample(seq, torch.zeros(0), mask, self.features.frames(clip, seq.frames))
-        return Sample(seq, pixels([clip.frame(f) for f in seq.frames], self.image_size), mask)
+        pixel_values, features = self.frames(clip, seq.frames)
+        return Sample(seq, pixel_values, mask, features)
 
 
 class EpochShuffle(DistributedSampler):
@@ -110,8 +112,9 @@ class ProspectDataModule(L.LightningDataModule):
             raise ValueError(f"restart_share must be in [0, 1], got {restart_share}")
         self.restart_len, self.restart_share = restart_len, restart_share
         self.group_by_length = group_by_length
-        self.features = features  # path of a feature store (python -m prospect.data features): open_features
-        self.builder: SequenceBuilder | None = None
+        self.features = features  # path of a feature store (python -m prospect.data features), opened by the model
+        self.builder: SequenceBuilder | None = None  # both given by attach
+        self.frames: FrameReader | None = None
         self.datasets: dict[str, SequenceDataset] = {}
 
     def prepare_data(self) -> None:
@@ -136,25 +139,28 @@ class ProspectDataModule(L.LightningDataModule):
             yield from (t for t in (clip.task.goal, clip.task.knowledge) if t)
             yield from (f"{s.id} = {s.name}" for s in clip.task.steps)
 
-    def open_features(self, vlm, tokens_per_frame: int) -> FeatureStore | None:
-        """The feature store `features` names, checked against this model's vision path (None without one)."""
-        return FeatureStore(self.features, feature_identity(vlm, tokens_per_frame)) if self.features else None
-
-    def attach(self, builder: SequenceBuilder, image_size: int, features: FeatureStore | None = None) -> None:
-        """Give the module the model's sequence builder and image size (known once the model is loaded), and
-        the feature store to read frame features from instead of pixels."""
-        self.builder, self.image_size, self.feature_store = builder, image_size, features
+    def attach(self, tokenizer, tokens_per_frame: int, frames: FrameReader,
+               system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_positions: int | None = None) -> None:
+        """Give the module what the model decides, known once it is built: the tokenizer, image tokens per frame
+        and system prompt the sequences are rendered with (split at this module's max_seq_len), and how the
+        model takes frames. Sequences longer than the model's `max_positions` are refused here, at the start."""
+        for key in ("max_seq_len", "restart_len"):
+            if max_positions is not None and (getattr(self, key) or 0) > max_positions:
+                raise ValueError(f"data.{key}={getattr(self, key)} is more than the model's max_position_embeddings "
+                                 f"({max_positions}): positions past it were never trained")
+        self.builder = SequenceBuilder(tokenizer, tokens_per_frame, system_prompt, max_seq_len=self.max_seq_len)
+        self.frames = frames
         self.datasets = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.builder is None:
-            raise RuntimeError("ProspectDataModule.attach(builder, image_size) must be called before setup")
+            raise RuntimeError("ProspectDataModule.attach(tokenizer, tokens_per_frame, frames) must be called "
+                               "before setup")
         for split in SPLITS:
             if split not in self.datasets and (self.root / self.files[split]).exists():
                 restarts = (self.restart_len, self.restart_share) if split == "train" else (None, 0.0)
-                self.datasets[split] = SequenceDataset(self.clips(split), self.builder, self.image_size,
-                                                       self.neg_frame_rate, self.supervision, self.seed, *restarts,
-                                                       features=self.feature_store)
+                self.datasets[split] = SequenceDataset(self.clips(split), self.builder, self.frames,
+                                                       self.neg_frame_rate, self.supervision, self.seed, *restarts)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]

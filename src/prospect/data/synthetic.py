@@ -139,6 +139,10 @@ def ensure_synthetic(out_dir: Path, num_videos: int, seed: int, **kwargs) -> boo
     path = out_dir / "manifest.json"
     if path.exists() and json.loads(path.read_text()) == synthetic_manifest(num_videos, seed, **kwargs):
         return False
+    if not path.exists() and out_dir.exists() and any(out_dir.iterdir()):  # never overwrite someone's data
+        raise FileExistsError(f"{out_dir} holds files but no synthetic manifest.json: synthetic data is only "
+                              "(re)generated into an empty folder or one it generated before (is data.root a real "
+                              "dataset combined with synthetic settings?)")
     if (out_dir / "frames").exists():  # videos of other settings must not linger beside the new ones
         shutil.rmtree(out_dir / "frames")
     synthesize(out_dir, num_videos, seed, **kwargs)

@@ -20,10 +20,10 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from tqdm.auto import tqdm
 
 from prospect.data.clip import Clip
-from prospect.data.features import FeatureStore
 from prospect.data.timebase import frame_end_time
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
 from prospect.eval.matching import Similarity, Turns, VideoMatch, aggregate, match_video, window_for
+from prospect.model.features import FeatureStore
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 from prospect.stream.strategies import make_strategy
 
@@ -115,11 +115,11 @@ def stream_clips(generator: StreamingGenerator, clips: Sequence[Clip], settings:
             for setting in settings:
                 generator.strategy = make_strategy(setting)
                 generator.speaking_threshold, generator.dst_threshold = per_setting[setting]
-                records = []
-                for record in generator.stream(clip, memo):
+                records, stream = [], generator.stream(clip, memo)
+                for record in stream:
                     records.append(record)
                     bar.update()
-                streamed[setting].append(StreamedClip(clip, records, generator.malformed_dst))
+                streamed[setting].append(StreamedClip(clip, records, stream.malformed_dst))
             following = clips[k + 1] if k + 1 < len(clips) else None
             if features is None and (following is None or following.frames_path != clip.frames_path):
                 memo.forget(clip)  # kept while the next clip is another dialog of the same video

@@ -1,1 +1,2 @@
-"""SmolVLM backbone loading, LoRA, speaking / DST-update heads, losses and the LightningModule."""
+"""SmolVLM backbone loading, the vision path and its frame feature store, LoRA, speaking / DST-update heads, the
+model factory and checkpoint loader, losses and the LightningModule."""

@@ -1,5 +1,5 @@
 """LightningModule: the four losses, per-head metrics, AdamW with cosine warmup, checkpoints that hold only
-what trains."""
+what trains (and load, on resume or test, only onto the base model they were trained on)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryF1Score
 
 from prospect.data.batch import Batch
+from prospect.model.factory import check_checkpoint
 from prospect.model.losses import LossConfig, total_loss
 from prospect.model.prospect_model import ProspectModel
 
@@ -119,3 +120,7 @@ class ProspectModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["prospect_config"] = self.config
         checkpoint["base_fingerprint"] = self.model.base_fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming (`trainer.fit(ckpt_path=...)`) or testing a checkpoint runs the checks of load_checkpoint."""
+        check_checkpoint(checkpoint, self.model, self.trainer.ckpt_path, self.config.get("model", {}).get("backbone"))

@@ -1,6 +1,7 @@
-"""Streaming inference: the KV-cache generator, cache surgery and compression strategies."""
+"""Streaming inference: the generator and its per-stream state, the KV-cache state and surgery, turn decoding,
+DST tracking and compression strategies."""
 
-from prospect.stream.generator import FrameRecord, StreamingGenerator
+from prospect.stream.generator import FrameInput, FrameRecord, Stream, StreamingGenerator
 from prospect.stream.strategies import make_strategy
 
-__all__ = ["FrameRecord", "StreamingGenerator", "make_strategy"]
+__all__ = ["FrameInput", "FrameRecord", "Stream", "StreamingGenerator", "make_strategy"]

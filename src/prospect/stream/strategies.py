@@ -1,22 +1,37 @@
 """Cache compression strategies. Each says when to compress (its token budget, minus a reserve for the next
-frame and the turns it may generate) and how it positions the tokens that follow:
+frame and the turns it may generate), how, and how the tokens that follow are positioned (`position_mode`):
 
 - `keep`: new tokens continue the original position numbering (kept keys stay where they were);
 - `rerotate`: positions are contiguous again (kept keys re-rotated, or the cache rebuilt from a new prompt),
   so they stay below the budget on endless streams.
 
-Named settings `<strategy>_<budget>` (budget 1k, 2k or 4k tokens) and `none` are built by `make_strategy`.
+A strategy acts on a stream's CacheState and the little else a stream offers it (`Compressible`: its prompts and
+a summary); it knows nothing of the generator. Named settings `<strategy>_<budget>` (budget 1k, 2k or 4k tokens)
+and `none` are built by `make_strategy`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from prospect.stream.generator import StreamingGenerator
+from prospect.stream.cache import CacheState
+
+
+class Compressible(Protocol):
+    """What a strategy may use of the stream it compresses (the generator's `Stream`)."""
+
+    cache: CacheState
+    initial_prompt: list[int]  # the prompt the stream started from
+    summary_reserve: int  # tokens `summarize` adds to the cache
+
+    def prompt(self, progress: str | None = None) -> list[int]:
+        """A restart's prompt: the tracked DST state, `progress` and the knowledge turn seen so far."""
+
+    def summarize(self) -> str:
+        """Ask for a progress summary into the cache ([request][the upcoming frame][summary]); its text."""
 
 
 @dataclass
@@ -25,15 +40,31 @@ class Strategy:
     name = "none"
     position_mode = "keep"
 
-    def compress(self, gen: StreamingGenerator) -> None:
+    def make_room(self, stream: Compressible, needed: int) -> bool:
+        """Compress when `needed` more tokens (and what compressing adds first) would pass the budget, then
+        position as `position_mode` says; whether it compressed. Raises when even then they do not fit."""
+        if self.budget is None:
+            return False
+        cache = stream.cache
+        compress = cache.tokens + needed + self.extra_reserve(stream) > self.budget
+        if compress:
+            self.compress(stream)
+            if self.position_mode == "rerotate":
+                cache.rerotate()
+        if cache.tokens + needed > self.budget:
+            raise ValueError(f"{self.name}: {cache.tokens} tokens after compression plus {needed} for the next "
+                             f"frame and its turns exceed the budget of {self.budget}")
+        return compress
+
+    def compress(self, stream: Compressible) -> None:
         raise NotImplementedError
 
-    def extra_reserve(self, gen: StreamingGenerator) -> int:
+    def extra_reserve(self, stream: Compressible) -> int:
         """Tokens the compression itself adds before it frees any (the summary request and the summary)."""
         return 0
 
-    def check_room(self, gen: StreamingGenerator, prefix_tokens: int) -> None:
-        """Raise, before streaming, when what this strategy keeps leaves no room for a frame and its turns."""
+    def check_room(self, prefix_tokens: int, room: int) -> None:
+        """Raise, before streaming, when what this strategy keeps leaves no `room` for a frame and its turns."""
 
 
 @dataclass
@@ -48,8 +79,8 @@ class DropAll(Strategy):
     name = "drop_all"
     position_mode = "rerotate"
 
-    def compress(self, gen: StreamingGenerator) -> None:
-        gen.restart(gen.initial_prompt)  # as upstream: the knowledge turn goes too
+    def compress(self, stream: Compressible) -> None:
+        stream.cache.restart(stream.initial_prompt)  # as upstream: the knowledge turn goes too
 
 
 @dataclass
@@ -61,11 +92,10 @@ class DropMiddle(Strategy):
     name = "drop_middle"
     position_mode = "keep"
 
-    def compress(self, gen: StreamingGenerator) -> None:
-        gen.drop_middle(gen.prefix_slots, self.keep_recent, rerotate=False)
+    def compress(self, stream: Compressible) -> None:
+        stream.cache.keep(stream.cache.prefix, self.keep_recent)
 
-    def check_room(self, gen: StreamingGenerator, prefix_tokens: int) -> None:
-        room = len(gen.builder.frame_ids()) + 2 * gen.turn_reserve
+    def check_room(self, prefix_tokens: int, room: int) -> None:
         if prefix_tokens + self.keep_recent + room > self.budget:
             raise ValueError(
                 f"{self.name} with a budget of {self.budget} tokens: the prefix it keeps (system prompt, task, turns "
@@ -83,8 +113,8 @@ class SinkRecent(Strategy):
     name = "sink_recent"
     position_mode = "rerotate"
 
-    def compress(self, gen: StreamingGenerator) -> None:
-        gen.drop_middle(torch.arange(self.sink), self.keep_recent, rerotate=True)
+    def compress(self, stream: Compressible) -> None:
+        stream.cache.keep(torch.arange(self.sink), self.keep_recent)
 
 
 @dataclass
@@ -95,14 +125,12 @@ class SummarizeAndDrop(Strategy):
     name = "summarize"
     position_mode = "rerotate"
 
-    def compress(self, gen: StreamingGenerator) -> None:
-        summary = gen.summarize()
-        gen.restart(gen.prompt(progress=summary))
+    def compress(self, stream: Compressible) -> None:
+        summary = stream.summarize()
+        stream.cache.restart(stream.prompt(progress=summary))
 
-    def extra_reserve(self, gen: StreamingGenerator) -> int:
-        """The request, the frame it is answered after, the header, the summary and its end token."""
-        return (len(gen.summarize_request_ids) + len(gen.builder.frame_ids()) + len(gen.builder.header_ids("assistant"))
-                + gen.max_summary_tokens + 1)
+    def extra_reserve(self, stream: Compressible) -> int:
+        return stream.summary_reserve
 
 
 @dataclass
@@ -113,8 +141,8 @@ class DstStateRefresh(Strategy):
     name = "dst_state"
     position_mode = "rerotate"
 
-    def compress(self, gen: StreamingGenerator) -> None:
-        gen.restart(gen.prompt())
+    def compress(self, stream: Compressible) -> None:
+        stream.cache.restart(stream.prompt())
 
 
 STRATEGIES = {cls.name: cls for cls in (NoCompression, DropAll, DropMiddle, SinkRecent, SummarizeAndDrop,

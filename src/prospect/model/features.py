@@ -6,7 +6,8 @@ The store records the identity of what produced it (a fingerprint of the vision 
 tokens per frame, image size, hidden size); opening it for another model or other settings is refused. It also
 records each video's frames file size and modification time: frames rewritten since (regenerated synthetic data,
 say) are refused instead of silently read with stale features.
-`python -m prospect.data features CLIPS... --out DIR --model ...` writes one.
+`python -m prospect.data features CLIPS... --out DIR --model ...` writes one. `FrameInputs` hands the
+datamodule either the store's features or the pixels to encode, so that data/ needs no model code.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class FeatureStore:
     def __init__(self, path: str | Path, identity: dict):
         self.path = Path(path)
         if not (self.path / IDENTITY_FILE).exists():
-            raise FileNotFoundError(f"{self.path}: no feature store here (write one with python -m prospect.data "
+            raise FileNotFoundError(f"{self.path}: no feature store here (write one with python -m prospect.model "
                                     "features)")
         stored = json.loads((self.path / IDENTITY_FILE).read_text())
         if stored != identity:
@@ -123,3 +124,23 @@ def write_features(path: str | Path, clips: Iterable[Clip], vlm, tokens_per_fram
     stamps = {video: _video_stamp(video) for video in {v for v, _ in todo}}
     (path / VIDEOS_FILE).write_text(json.dumps(stamps, indent=1, sort_keys=True) + "\n")
     return FeatureStore(path, identity)
+
+
+def open_features(path: str | Path | None, vlm, tokens_per_frame: int) -> FeatureStore | None:
+    """The store at `path` (data.features), checked against this model's vision path; None without one."""
+    return FeatureStore(path, feature_identity(vlm, tokens_per_frame)) if path else None
+
+
+class FrameInputs:
+    """What the model takes for a clip's frames, as the datamodule's samples carry them: the pixel values to
+    encode, or, with a feature store, no pixels and the stored features. A class (not a closure) so that
+    DataLoader workers can pickle it."""
+
+    def __init__(self, image_size: int, store: FeatureStore | None = None):
+        self.image_size, self.store = image_size, store
+
+    def __call__(self, clip: Clip, frames: list[int]) -> tuple[Tensor, Tensor | None]:
+        """-> (pixel values [F, 3, S, S] or empty, frame features [F, tokens_per_frame, H] or None)."""
+        if self.store is not None:
+            return torch.zeros(0), self.store.frames(clip, frames)
+        return pixels([clip.frame(f) for f in frames], self.image_size), None

@@ -1,0 +1,79 @@
+"""The one place a model is built from its config (conf/model) and loaded back from a checkpoint, for training,
+resume, evaluation and streaming alike, so that every path runs the same checks: a checkpoint holds only what
+trains (LoRA, heads, the connector when it trains) and loads only onto the very base model it was trained on.
+
+Checkpoints are read with `torch.load(..., weights_only=True)`: they hold tensors and plain types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from prospect.model.backbone import load_backbone
+from prospect.model.prospect_model import ProspectModel
+
+PREFIX = "model."  # ProspectModule holds the model as `model`: its checkpoints' weight names start so
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not belong to the model it is loaded onto."""
+
+
+@dataclass
+class Checkpoint:
+    model: ProspectModel  # the base model the checkpoint's config names, its trained weights loaded
+    tokenizer: PreTrainedTokenizerBase
+    config: dict[str, Any]  # the training run's resolved config
+
+
+def build_model(cfg: Mapping[str, Any], corpus: Iterable[str] | None = None
+                ) -> tuple[ProspectModel, PreTrainedTokenizerBase]:
+    """The model a model config describes, LoRA and heads untrained. `corpus` (read only then) trains the tiny
+    model's tokenizer when the tiny model is not built yet."""
+    backbone = cfg["backbone"]
+    vlm, tokenizer = load_backbone(backbone["source"], tiny_dir=backbone["tiny_dir"], tiny_corpus=corpus,
+                                   architecture=backbone.get("architecture"),
+                                   attn_implementation=backbone.get("attn_implementation", "sdpa"))
+    return ProspectModel(vlm, cfg["tokens_per_frame"], **cfg["net"]), tokenizer
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """The model a training checkpoint was trained as: rebuilt from its stored config, checked, weights loaded."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = ckpt["prospect_config"]
+    backbone = config["model"]["backbone"]
+    if backbone["source"] == "tiny" and not (Path(backbone["tiny_dir"]) / "config.json").exists():
+        raise CheckpointError(f"{path}: trained on the tiny model at {backbone['tiny_dir']}, which is not there; "
+                              "a checkpoint holds only what trains and needs the very base model it was trained on")
+    model, tokenizer = build_model(config["model"])
+    check_checkpoint(ckpt, model, path, backbone)
+    model.load_state_dict(_trained_weights(ckpt), strict=False)
+    return Checkpoint(model.to(device), tokenizer, config)
+
+
+def check_checkpoint(ckpt: Mapping[str, Any], model: ProspectModel, source: str | Path | None,
+                     backbone: Mapping[str, Any] | None = None) -> None:
+    """Refuse a checkpoint trained on another base model than `model`'s (`backbone`: its config, named in the
+    message), or holding weights that `model` does not have; loading is not strict, so both would pass silently."""
+    if "base_fingerprint" not in ckpt:
+        raise CheckpointError(f"{source}: no base_fingerprint: not a checkpoint of prospect's training")
+    if ckpt["base_fingerprint"] != model.base_fingerprint():
+        this = f"{backbone['source']}, tiny_dir {backbone.get('tiny_dir')}" if backbone else "this one"
+        raise CheckpointError(f"{source}: trained on a base model with other weights than the one loaded now "
+                              f"({this}); the checkpoint only stores what trains, so it needs the very base model "
+                              "it was trained on")
+    unknown = set(_trained_weights(ckpt)) - set(model.state_dict())
+    if unknown:
+        raise CheckpointError(f"{source}: checkpoint weights that this model does not have: {sorted(unknown)[:3]}")
+
+
+def _trained_weights(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The checkpoint's weights, named as in ProspectModel."""
+    return {k.removeprefix(PREFIX): v for k, v in ckpt["state_dict"].items()}
