@@ -14,7 +14,7 @@ from prospect.data.frames import write_arrow_frames
 
 SYSTEM = "You are a proactive assistant. Help the user with the task."
 
-# A ProAssist prepared clip (DESIGN.md 2.2): frames 11..17 of video "vid", two pushed turns.
+# A ProAssist prepared clip (docs/data-format.md): frames 11..17 of video "vid", two pushed turns.
 PROASSIST = {
     "dataset": "ego4d", "video_uid": "vid", "clip_idx": 0, "frames_file": "frames/vid.arrow",
     "max_seq_len": 4096, "seq_len": 321, "num_tokens_per_img": 1, "use_img_sep_token": False,
@@ -54,7 +54,7 @@ def proassist_split(clip_idx: int) -> dict:
     return rec
 
 
-# A DST clip (DESIGN.md 2.3), with the per-turn frame fields deliberately wrong (they must be ignored).
+# A DST clip (docs/data-format.md), with the per-turn frame fields deliberately wrong (they must be ignored).
 DST = {
     "video_uid": "asm", "inferred_goal": "Assemble a toy car",
     "inferred_knowledge": "1. Attach the chassis. 2. Attach the wheels. 3. Add the cabin.",

@@ -1,4 +1,4 @@
-"""Importer for DST clips (DESIGN.md 2.3): ProAssist-style clips with task steps and DST_UPDATE turns.
+"""Importer for DST clips (docs/data-format.md, DST clips): ProAssist-style clips with task steps and DST_UPDATE turns.
 
 Per-turn frame fields (start_frame, end_frame) were computed inconsistently upstream and are ignored: every
 event's frame comes from its `time` through timebase.frame_at (a turn past the clip's end is attached to its

@@ -1,4 +1,4 @@
-"""Importer for upstream ProAssist "prepared" clips (DESIGN.md 2.2), keeping their frame alignment exactly.
+"""Importer for upstream ProAssist "prepared" clips (docs/data-format.md), keeping their frame alignment exactly.
 
 Each turn is decided after the last frame of the frames turn before it, whatever its `time` says (upstream
 pushes a turn one frame later when it would share a frame with the previous one, and attaches a turn past the

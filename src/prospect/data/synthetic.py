@@ -1,4 +1,4 @@
-"""Procedurally generated task videos: the embedded default dataset (DESIGN.md 2.6, docs/synthetic-tasks.md).
+"""Procedurally generated task videos: the embedded default dataset (docs/synthetic-tasks.md).
 
 A video shows a board with one outlined slot per task step (slots the task does not use stay blank, so how
 many steps remain is visible). A step in progress shows its object as an outline with a jittering hand; a

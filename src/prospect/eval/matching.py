@@ -1,4 +1,4 @@
-"""ProAssist's turn matching (DESIGN.md 5) and the dialog metrics built on it.
+"""ProAssist's turn matching (docs/evaluation.md) and the dialog metrics built on it.
 
 Per video, rows are the frames where the model spoke and columns are all frames of the video. Cost of row i
 against column j: a semantic part, 1 - |cos| of the two texts' embeddings when j is a reference frame and 1 when

@@ -1,5 +1,5 @@
 """Streaming evaluation: clips go through a StreamingGenerator at each compression setting, and the dialog, the
-DST updates and the per-frame heads are scored against the reference (DESIGN.md 5).
+DST updates and the per-frame heads are scored against the reference (docs/evaluation.md).
 
 Each clip's frame features are computed once and shared by every setting and threshold (and by the dialogs of
 one video, which share its frames). Predicted and reference turns alike are placed at the decision time of

@@ -1,4 +1,4 @@
-"""The four losses with per-frame masks, and their weighted total (DESIGN.md 3.3).
+"""The four losses with per-frame masks, and their weighted total (docs/design.md, Losses).
 
 Every term is finite whatever the batch holds and keeps its parameters in the graph: an empty term is
 `0 * logits.sum()`, so DDP never waits for a gradient that does not come.
