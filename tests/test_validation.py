@@ -1,4 +1,5 @@
-"""Every kind of broken input gets a problem naming file, line, clip, field and reason (docs/data-format.md, Validation)."""
+"""Every kind of broken input gets a problem naming file, line, clip, field and reason (docs/data-format.md,
+Validation)."""
 
 import copy
 import io

@@ -82,7 +82,8 @@ def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:
             problems.add(f"{where}.{names.time}", f"{e.time} s is before the clip starts "
                          f"(frame {first} at {frame_time(first, fps):g} s)")
         elif frame_at(e.time, fps) > last:
-            # upstream attaches a turn past the video's end to its last frame (docs/data-format.md): read it so, and say so
+            # upstream attaches a turn past the video's end to its last frame (docs/data-format.md): read it so,
+            # and say so
             report = problems.warn if e.frame == last else problems.add
             report(f"{where}.{names.time}", f"{e.time} s is after the clip ends (last frame {last} completes at "
                    f"{frame_end_time(last, fps):g} s)" + ("; decided after the last frame, as upstream attaches it"

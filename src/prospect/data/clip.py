@@ -8,6 +8,7 @@ Reading and checking live in load.py / checks.py; this module only holds the dat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,14 @@ class Clip:
 
     def frame_timestamp(self, index: int) -> float:
         return frame_time(index, self.fps)
+
+    def events_by_frame(self, keep: Callable[[Event], bool] = lambda e: True) -> dict[int, list[Event]]:
+        """The events `keep` accepts, grouped by the frame they are decided after, in file order."""
+        grouped: dict[int, list[Event]] = {}
+        for e in self.events:
+            if keep(e):
+                grouped.setdefault(e.frame, []).append(e)
+        return grouped
 
     def events_after(self, frame: int) -> list[Event]:
         """Events decided right after frame `frame` (start_frame - 1 for those before any frame)."""

@@ -83,8 +83,6 @@ class FrameStep:
 
 def timeline(clip: Clip) -> tuple[list[Event], list[FrameStep]]:
     """Events decided before any frame, then one FrameStep per frame of the clip, in time order."""
-    by_frame: dict[int, list[Event]] = {}
-    for e in clip.events:
-        by_frame.setdefault(e.frame, []).append(e)
+    by_frame = clip.events_by_frame()
     before = by_frame.get(clip.video.start_frame - 1, [])
     return before, [FrameStep(clip, i, by_frame.get(i, [])) for i in clip.frame_indices]

@@ -143,10 +143,7 @@ class SequenceBuilder:
         the state, that progress and the knowledge, as the restarted cache does."""
         max_seq_len = max_seq_len or self.max_seq_len
         context = PromptContext.of(clip)
-        by_frame: dict[int, list[Event]] = {}
-        for e in clip.events:
-            if e.kind != "prompt":  # rendered as the prompt itself
-                by_frame.setdefault(e.frame, []).append(e)
+        by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
         seq = self._start(clip, context, restart=False)
         before = by_frame.get(clip.video.start_frame - 1, [])

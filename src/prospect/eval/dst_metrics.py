@@ -33,10 +33,7 @@ def dst_scores(videos: Sequence[tuple[Turns, Turns]], window: tuple[float, float
 def reference_states(clip: Clip) -> list[dict[str, str]]:
     """The reference DST state after each frame of the clip (its DST events applied in order)."""
     state = clip.task.start_state()
-    by_frame: dict[int, list] = {}
-    for e in clip.events:
-        if e.role == "dst":
-            by_frame.setdefault(e.frame, []).append(e)
+    by_frame = clip.events_by_frame(lambda e: e.role == "dst")
     for e in by_frame.get(clip.video.start_frame - 1, []):
         state = apply_updates(state, e.updates)
     states = []

@@ -130,10 +130,8 @@ class StreamingGenerator:
         features = features or self.encode
         start = clip.video.start_frame
         before = [e for e in clip.events if e.frame == start - 1 and e.kind not in _NOT_FED]
-        inputs: dict[int, list[Event]] = {}
-        for e in clip.events:
-            if e.frame >= start and e.role in INPUT_ROLES and e.kind not in _NOT_FED:  # the reference's own
-                inputs.setdefault(e.frame, []).append(e)                                 # turns are never fed
+        inputs = clip.events_by_frame(  # the reference's own turns are never fed
+            lambda e: e.frame >= start and e.role in INPUT_ROLES and e.kind not in _NOT_FED)
         first_user = next((e for e in clip.events if e.role == "user" and e.kind is None), None)
         frames = (FrameInput(f, clip.frame_timestamp(f), partial(features, clip, f), inputs.get(f, []))
                   for f in clip.frame_indices)
