@@ -150,15 +150,17 @@ class SequenceBuilder:
         self._add_turns(seq, before)
         context.advance(before)
         sequences = [seq]
+        measured, room = None, 0  # the progress whose closing was measured, and its tokens (it must fit too)
         for f in clip.frame_indices:
             events = by_frame.get(f, [])
             piece = Sequence(clip.id, clip.fps)  # rendered alone first, to measure it and split before it if needed
             self._add_frame(piece, f, events)
-            closing = self._closing(clip, f, context.progress) if max_seq_len else None
-            room = len(closing) if closing else 0  # the summary closing a cut sequence must fit after a frame
+            if max_seq_len and context.progress != measured:  # re-rendered only when the progress changes
+                measured = context.progress
+                room = len(self._closing(clip, f, measured)) if measured else 0
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
-                if closing:
-                    seq.extend(closing)
+                if measured:
+                    seq.extend(self._closing(clip, f, measured))
                 seq = self._start(clip, context, restart=True)
                 sequences.append(seq)
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
@@ -168,10 +170,8 @@ class SequenceBuilder:
             context.advance(events)
         return sequences
 
-    def _closing(self, clip: Clip, frame: int, progress: str | None) -> Sequence | None:
+    def _closing(self, clip: Clip, frame: int, progress: str) -> Sequence:
         """[summary request][frame][progress as the requested, learned summary]: how a cut sequence ends."""
-        if not progress:
-            return None
         closing = Sequence(clip.id, clip.fps)
         closing.append(self.turn_ids_of("system", SUMMARIZE_REQUEST))
         self._add_frame(closing, frame, [Event("assistant", 0.0, frame, progress, kind="summary")])

@@ -128,12 +128,11 @@ class StreamingGenerator:
         [1, tokens_per_frame, H] instead of running the vision encoder. The clip's own system prompt replaces
         ours; summary requests and answers in the file are the reference's, never fed."""
         features = features or self.encode
-        start = clip.video.start_frame
-        before = [e for e in clip.events if e.frame == start - 1 and e.kind not in _NOT_FED]
-        inputs = clip.events_by_frame(  # the reference's own turns are never fed
-            lambda e: e.frame >= start and e.role in INPUT_ROLES and e.kind not in _NOT_FED)
+        fed = clip.events_by_frame(lambda e: e.kind not in _NOT_FED)
+        before = fed.get(clip.video.start_frame - 1, [])
         first_user = next((e for e in clip.events if e.role == "user" and e.kind is None), None)
-        frames = (FrameInput(f, clip.frame_timestamp(f), partial(features, clip, f), inputs.get(f, []))
+        frames = (FrameInput(f, clip.frame_timestamp(f), partial(features, clip, f),
+                             [e for e in fed.get(f, []) if e.role in INPUT_ROLES])  # the reference's turns never
                   for f in clip.frame_indices)
         return self.stream_frames(frames, clip.task, before, clip.system_prompt,
                                   [e for e in clip.events if e is first_user or e.kind == "knowledge"])
