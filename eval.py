@@ -1,6 +1,7 @@
 """Evaluate a checkpoint by streaming: `python eval.py ckpt_path=PATH stream.settings=[none,drop_middle_1k]`
 (see README, Evaluation)."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,7 +18,8 @@ if not os.environ.get("PROSPECT_ROOT"):
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     run_eval(cfg)
-    print(f"\nwritten to {cfg.paths.output_dir}: eval_metrics.json, eval_metrics.csv, dialog.csv, plots/")
+    logging.getLogger(__name__).info(
+        f"written to {cfg.paths.output_dir}: eval_metrics.json, eval_metrics.csv, dialog.csv, plots/")
 
 
 if __name__ == "__main__":

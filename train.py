@@ -1,5 +1,6 @@
 """Train a proactive streaming assistant: `python train.py +experiment=perframe` (see README)."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,8 +19,9 @@ def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     out = metrics["output_dir"]
     logs = "wandb" if cfg.logger and "wandb" in cfg.logger._target_.lower() else "csv"
-    print(f"\nrun directory: {out}\n  metrics:     {out}/metrics.json\n  checkpoint:  {metrics['checkpoint']}"
-          f"\n  plots:       {out}/plots\n  logs:        {out}/{logs}")
+    logging.getLogger(__name__).info(
+        f"run directory: {out}\n  metrics:     {out}/metrics.json\n  checkpoint:  {metrics['checkpoint']}"
+        f"\n  plots:       {out}/plots\n  logs:        {out}/{logs}")
     # the value Hydra sweepers optimise: its best epoch when it is the checkpoint monitor
     return metrics.get(f"best/{cfg.optimized_metric}", metrics.get(cfg.optimized_metric))
 

@@ -65,7 +65,7 @@ def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategie
     clip = long_video(data_root / model_name.split()[0], frames)
     corpus = [e.text for e in clip.events]
     vlm, tok = load_backbone("tiny", tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
-    gen = StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_threshold=2.0)
+    gen = StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0)
     features = gen.encode
     if spec["architecture"]:  # encode 8 frames once, then reuse them in turn (see the module docstring)
         with torch.no_grad():

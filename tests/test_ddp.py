@@ -53,7 +53,7 @@ def _sample(builder: SequenceBuilder, size: int, seed: int, positives: bool = Tr
     if not positives:
         seq.speaking, seq.dst_update = [0] * n, [0] * n
     if not supervised:
-        seq.lm_targets, seq.dst_targets = [IGNORE] * len(seq), [IGNORE] * len(seq)
+        seq.lm_targets, seq.dst_gen_targets = [IGNORE] * len(seq), [IGNORE] * len(seq)
     return Sample(seq, pixels(images, size), [supervised] * n)
 
 

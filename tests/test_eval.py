@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate
-from prospect.eval import stream_scores
+from prospect.eval import stream_scores, streaming
 from prospect.eval.streaming import StreamedClip, score
 from prospect.eval.text_metrics import text_scores
 from prospect.stream.generator import FrameRecord
@@ -99,7 +100,7 @@ def _records(speak: dict[int, str], dst: dict[int, str], compressed_at: int = 99
         if dst.get(f) == "S1->complete":
             state = "completed"
         out.append(FrameRecord(time=f / 2, frame=f, speaking_prob=0.9 if f in speak else 0.1,
-                               dst_prob=0.9 if f in dst else 0.1, text=speak.get(f, ""), dst_text=dst.get(f, ""),
+                               dst_update_prob=0.9 if f in dst else 0.1, text=speak.get(f, ""), dst_text=dst.get(f, ""),
                                dst_state={"S1": state}, cache_tokens=10 * f, cache_bytes=100 * f, positions=(0, f),
                                beyond_max_positions=False, compressions=int(f >= compressed_at), ms=2.0))
     return out
@@ -151,7 +152,7 @@ def test_eval_py_on_a_checkpoint(trained, tmp_path):
     _, metrics = trained
     out = tmp_path / "eval"
     cmd = [sys.executable, "eval.py", f"ckpt_path={metrics['checkpoint']}", "stream.settings=[none,drop_middle_1k]",
-           "num_clips=1", "calibration.num_clips=1", "calibration.speaking=[0.3,0.5]", "calibration.dst=[0.5]",
+           "num_clips=1", "calibration.num_clips=1", "calibration.speaking=[0.3,0.5]", "calibration.dst_update=[0.5]",
            "stream.max_new_tokens=4", f"hydra.run.dir={out}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -162,7 +163,7 @@ def test_eval_py_on_a_checkpoint(trained, tmp_path):
                     "compressions"):
             assert isinstance(m[key], int | float), key
         assert "all-MiniLM-L6-v2" in m["encoder"] and m["thresholds_from"] == "calibrated on val"
-        assert m["speaking_threshold"] in (0.3, 0.5) and m["dst_threshold"] == 0.5
+        assert m["speaking_threshold"] in (0.3, 0.5) and m["dst_update_threshold"] == 0.5
     calibration = json.loads((out / "calibration.json").read_text())
     assert len(calibration["settings"]["none"]["grid"]) == 2
     assert (out / "eval_metrics.csv").read_text().startswith("setting,")
@@ -212,3 +213,26 @@ def test_eval_config_takes_other_data():
         fresh = compose("eval", overrides=["ckpt_path=x.ckpt", "data=synthetic", "seed=101", "data.root=data/s101"])
     assert default.get("data") is None  # the checkpoint's data
     assert (fresh.data.seed, fresh.data.root) == (101, "data/s101")
+
+
+def test_calibrate_picks_speaking_then_dst_update_hand_worked(monkeypatch):
+    """Two settings over a hand-made grid of scores: speaking first (by dialog F1, DST at its default 0.5), then
+    DST (by DST F1 at that speaking threshold); each pair is streamed once."""
+    f1 = {"none": {0.3: 0.6, 0.5: 0.8, 0.7: 0.7}, "summarize_1k": {0.3: 0.9, 0.5: 0.5, 0.7: 0.4}}
+    dst_f1 = {"none": {(0.5, 0.3): 0.2, (0.5, 0.5): 0.4, (0.5, 0.7): 0.9},
+              "summarize_1k": {(0.3, 0.3): 0.8, (0.3, 0.5): 0.1, (0.3, 0.7): 0.3}}
+    calls = []
+
+    def fake_evaluate(generator, clips, settings, similarity, thresholds, window, memo, desc):
+        calls.append(dict(thresholds))
+        return {s: SimpleNamespace(metrics={"f1": f1[s][thresholds[s][0]], "dst_f1": dst_f1[s].get(thresholds[s], 0.0)})
+                for s in settings}
+
+    monkeypatch.setattr(streaming, "evaluate", fake_evaluate)
+    out = streaming.calibrate(SimpleNamespace(encode=None), [], ["none", "summarize_1k"], None, [0.3, 0.5, 0.7],
+                              [0.3, 0.5, 0.7], default=(0.5, 0.5))
+    assert out["none"]["thresholds"] == (0.5, 0.7) and out["summarize_1k"]["thresholds"] == (0.3, 0.3)
+    pairs = [(s, t) for c in calls for s, t in c.items()]
+    assert len(pairs) == len(set(pairs)) == 5 + 5  # 3 speaking + 2 new DST pairs per setting, none twice
+    grid = {(g["speaking_threshold"], g["dst_update_threshold"]): g["f1"] for g in out["none"]["grid"]}
+    assert grid == {(0.3, 0.5): 0.6, (0.5, 0.5): 0.8, (0.7, 0.5): 0.7, (0.5, 0.3): 0.8, (0.5, 0.7): 0.8}

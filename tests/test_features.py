@@ -46,8 +46,8 @@ def test_training_logits_equal_with_cached_features(tiny_dir, cached):
     model = ProspectModel(vlm, TPF).eval()
     with torch.no_grad():
         out_a, out_b = model(a), model(b)
-    for key in ("speaking_all", "dst_update_all", "lm_logits", "dst_logits"):
-        torch.testing.assert_close(out_b[key], out_a[key], atol=1e-5, rtol=1e-5, msg=key)
+    for key in ("speaking_logits", "dst_update_logits", "lm_logits", "dst_gen_logits"):
+        torch.testing.assert_close(getattr(out_b, key), getattr(out_a, key), atol=1e-5, rtol=1e-5, msg=key)
 
 
 def test_streaming_with_cached_features(tiny_dir, cached):
@@ -96,7 +96,7 @@ def test_training_on_cached_features_equals_training_on_frames(trained, tmp_path
             "callbacks.streaming_validation.num_clips=0", "callbacks.model_checkpoint.monitor=val/loss",
             "callbacks.model_checkpoint.mode=min"]
     frames = train(compose_train(tmp_path, base, "frames"))
-    features = train(compose_train(tmp_path, [*base, f"data.features={tmp_path / 'store'}"], "features"))
+    features = train(compose_train(tmp_path, [*base, f"data.feature_store={tmp_path / 'store'}"], "features"))
     a = torch.load(Path(frames["output_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     b = torch.load(Path(features["output_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and a
@@ -117,4 +117,4 @@ def test_training_on_cached_features_equals_training_on_frames(trained, tmp_path
                                                                        "dialog.csv").read_text()
     with pytest.raises(ValueError, match="connector frozen"):
         train(compose_train(tmp_path, [*base, "model.net.train_connector=true",
-                                       f"data.features={tmp_path / 'store'}"], "refused"))
+                                       f"data.feature_store={tmp_path / 'store'}"], "refused"))

@@ -7,7 +7,7 @@ from conftest import DST, PROASSIST, SYSTEM, proassist_split, write_jsonl
 
 from prospect.data import load_clips
 from prospect.data.__main__ import main
-from prospect.data.dataset import ClipDataset, timeline
+from prospect.data.dataset import ClipDataset
 from prospect.data.dst import StepUpdate
 
 
@@ -100,12 +100,10 @@ def test_clip_dataset_is_arrow_backed_and_aligned(data_root, tmp_path):
     clip = ds[0]
     assert _portable(clip) == _portable(load_clips(path)[0])
     assert clip.frames_path == (data_root / "frames" / "vid.arrow").resolve()
-    before, steps = timeline(clip)
-    assert [e.role for e in before] == ["system"]
-    assert [s.index for s in steps] == list(range(11, 19))
-    assert {s.index: [e.role for e in s.events] for s in steps if s.events} == {
-        14: ["user", "system"], 15: ["assistant"], 18: ["assistant"]}
-    assert steps[3].time == 7.0 and steps[3].image.size == (16, 16)
+    by_frame = {f: [e.role for e in events] for f, events in clip.events_by_frame().items()}
+    assert by_frame == {10: ["system"], 14: ["user", "system"], 15: ["assistant"], 18: ["assistant"]}
+    assert list(clip.frame_indices) == list(range(11, 19))  # frame 10 is "before the first frame"
+    assert clip.frame_timestamp(14) == 7.0 and clip.frame(14).size == (16, 16)
     again = ClipDataset(path, cache_dir=tmp_path / "cache")
     assert again.table.cache_files == ds.table.cache_files  # reused, not rebuilt
 

@@ -1,6 +1,7 @@
 """Model pieces against independent computations: SmolVLM's own forward, hand-worked losses, saved checkpoints."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,16 +12,14 @@ from test_sequence import hand_clip
 from prospect.data.batch import Sample, collate
 from prospect.data.sequence import SequenceBuilder, decision_mask
 from prospect.model.backbone import architecture_config, load_backbone
+from prospect.model.heads import BinaryHead
 from prospect.model.losses import LossConfig, binary_loss, total_loss
 from prospect.model.prospect_model import ProspectModel
 from prospect.model.vision import pixels
 
 
 def _sample(builder, size, seed=0):
-    (seq,) = builder.build(hand_clip())
-    rng = np.random.default_rng(seed)
-    images = [Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)) for _ in seq.frames]
-    return Sample(seq, pixels(images, size), decision_mask(seq, 1.0, rng))
+    return _sample_of(builder, size, hand_clip(), seed)
 
 
 def test_forward_equals_smolvlm_own_forward(tiny_dir):
@@ -36,8 +35,33 @@ def test_forward_equals_smolvlm_own_forward(tiny_dir):
         out = model(batch)
         ref = vlm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                   pixel_values=batch.pixel_values.view(2, -1, *batch.pixel_values.shape[1:])).logits
-    torch.testing.assert_close(out["lm_logits"], ref[batch.lm_batch, batch.lm_pos], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(out["dst_logits"], ref[batch.dst_batch, batch.dst_pos], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.lm_logits, ref[batch.lm_batch, batch.lm_pos], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.dst_gen_logits, ref[batch.dst_gen_batch, batch.dst_gen_pos], atol=1e-4, rtol=1e-4)
+
+
+def test_padded_batch_of_unequal_lengths_equals_each_sample_alone(tiny_dir):
+    """Right padding and the attention mask leave every real position as it is: a batch of a long and a short
+    sequence gives each one's logits of a forward pass over it alone, at decision, reply and DST text positions."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    builder, size = SequenceBuilder(tok, 4), vlm.config.vision_config.image_size
+    clip = hand_clip()
+    longer = replace(clip, video=replace(clip.video, end_frame=16))  # three more silent frames
+    samples = [_sample_of(builder, size, longer, 0), _sample_of(builder, size, clip, 1)]
+    assert len(samples[0].seq) > len(samples[1].seq)
+    model = ProspectModel(vlm, 4, head="mlp").eval()
+    with torch.no_grad():
+        both = model(collate(samples, tok.pad_token_id))
+        alone = [model(collate([s], tok.pad_token_id)) for s in samples]
+    for key in ("speaking_logits", "dst_update_logits", "lm_logits", "dst_gen_logits"):
+        expected = torch.cat([getattr(out, key) for out in alone])
+        torch.testing.assert_close(getattr(both, key), expected, atol=1e-5, rtol=1e-5, msg=key)
+
+
+def _sample_of(builder, size, clip, seed):
+    (seq,) = builder.build(clip)
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)) for _ in seq.frames]
+    return Sample(seq, pixels(images, size), decision_mask(seq, 1.0, rng))
 
 
 def test_pooled_tokens_per_frame(tiny_dir):
@@ -64,6 +88,32 @@ def test_class_balanced_bce_hand_worked():
         plain.item())
 
 
+def test_focal_and_plain_bce_hand_worked():
+    logits, labels = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
+    per = [math.log(2), math.log1p(math.exp(2.0))]  # -log sigmoid(0), -log(1 - sigmoid(2))
+    p_true = [0.5, 1 / (1 + math.exp(2.0))]  # the probability each frame's label gets
+    assert binary_loss(logits, labels, LossConfig(balance="plain")).item() == pytest.approx(sum(per) / 2, rel=1e-6)
+    focal = sum((1 - p) ** 3 * x for p, x in zip(p_true, per, strict=True)) / 2
+    assert binary_loss(logits, labels, LossConfig(balance="focal", focal_gamma=3.0)).item() == pytest.approx(
+        focal, rel=1e-6)
+    with pytest.raises(ValueError, match="loss.balance"):
+        binary_loss(logits, labels, LossConfig(balance="median"))
+
+
+def test_mlp_head_hand_worked():
+    head = BinaryHead(2, "mlp", mlp_hidden=2)
+    with torch.no_grad():
+        first, last = head.net[0], head.net[3]
+        first.weight.copy_(torch.eye(2)), first.bias.zero_()
+        last.weight.copy_(torch.tensor([[1.0, -1.0]])), last.bias.fill_(0.5)
+    gelu = lambda x: x * 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    out = head(torch.tensor([[1.0, -2.0], [0.0, 0.0]]))
+    assert out.shape == (2,)
+    assert out.tolist() == pytest.approx([gelu(1.0) - gelu(-2.0) + 0.5, 0.5], rel=1e-6)
+    with pytest.raises(ValueError, match="'linear' or 'mlp'"):
+        BinaryHead(2, "conv")
+
+
 def test_no_positive_frames_gives_finite_loss_and_gradients_to_heads(tiny_dir):
     vlm, tok = load_backbone(str(tiny_dir))
     builder = SequenceBuilder(tok, 4)
@@ -74,7 +124,7 @@ def test_no_positive_frames_gives_finite_loss_and_gradients_to_heads(tiny_dir):
     sample.seq.lm_targets = [-100] * len(sample.seq)
     batch = collate([sample], tok.pad_token_id)
     model = ProspectModel(vlm, 4)
-    losses = total_loss(model(batch), LossConfig())
+    losses = total_loss(model(batch), batch, LossConfig())
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     for head in (model.speaking_head, model.dst_head):
@@ -111,7 +161,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
         torch.manual_seed(0)
         model = ProspectModel(vlm, 4, lora_dropout=0.0, gradient_checkpointing=checkpointing).train()
         batch = collate([_sample(SequenceBuilder(tok, 4), vlm.config.vision_config.image_size)], tok.pad_token_id)
-        total_loss(model(batch), LossConfig())["total"].backward()
+        total_loss(model(batch), batch, LossConfig())["total"].backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:

@@ -40,7 +40,7 @@ def test_every_position_of_a_hand_made_clip(tokenizer):
              "<end_of_utterance>"),
          None),
         (frame, None), (enc("<|im_start|>User:"), None), (enc(" I want to build the comet board.") + [eot], None),
-        (frame, None), (enc("<|im_start|>DST:"), None), (enc(" S1->start") + [eot], "dst"),
+        (frame, None), (enc("<|im_start|>DST:"), None), (enc(" S1->start") + [eot], "dst_gen"),
         (enc("<|im_start|>Assistant:"), None), (enc(" First, place the red circle.") + [eot], "lm"),
         (frame, None),
     ]
@@ -50,8 +50,8 @@ def test_every_position_of_a_hand_made_clip(tokenizer):
     # the target at position t is the token at t + 1 when that token is learned by that loss
     assert seq.lm_targets == [ids[t + 1] if t + 1 < len(ids) and kinds[t + 1] == "lm" else IGNORE
                               for t in range(len(ids))]
-    assert seq.dst_targets == [ids[t + 1] if t + 1 < len(ids) and kinds[t + 1] == "dst" else IGNORE
-                               for t in range(len(ids))]
+    assert seq.dst_gen_targets == [ids[t + 1] if t + 1 < len(ids) and kinds[t + 1] == "dst_gen" else IGNORE
+                                   for t in range(len(ids))]
     # decisions: after frame 10 once the user's turn is in; after frame 11 right after its frame; after 12
     ends = np.cumsum([len(p) for p, _ in pieces]) - 1
     assert seq.frames == [10, 11, 12]
@@ -61,7 +61,7 @@ def test_every_position_of_a_hand_made_clip(tokenizer):
     assert eot in [t for t in seq.lm_targets if t != IGNORE]
     assert tokenizer.pad_token_id != eot
     # the decision position predicts the next turn's header, which is an input, never a target
-    assert all(seq.lm_targets[p] == IGNORE and seq.dst_targets[p] == IGNORE for p in seq.decision_positions)
+    assert all(seq.lm_targets[p] == IGNORE and seq.dst_gen_targets[p] == IGNORE for p in seq.decision_positions)
 
 
 def test_prompt_pieces_are_what_streaming_concatenates(tokenizer):

@@ -67,7 +67,7 @@ def full_forward(gen, ids, feats, mask=None):
 
 
 def test_none_equals_one_full_forward(gen, clip):
-    gen.speaking_threshold = gen.dst_threshold = 2.0  # silent: the cache holds exactly prompt + frames + inputs
+    gen.speaking_threshold = gen.dst_update_threshold = 2.0  # silent: the cache holds exactly prompt + frames + inputs
     records = list(gen.stream(clip))
     prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
     ids, ends = list(prompt), []
@@ -79,7 +79,7 @@ def test_none_equals_one_full_forward(gen, clip):
         speaking = torch.sigmoid(gen.speaking_head(hidden))
         dst = torch.sigmoid(gen.dst_head(hidden))
     torch.testing.assert_close(torch.tensor([r.speaking_prob for r in records]), speaking, atol=1e-4, rtol=0)
-    torch.testing.assert_close(torch.tensor([r.dst_prob for r in records]), dst, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor([r.dst_update_prob for r in records]), dst, atol=1e-4, rtol=0)
     # and the LM logits after every frame, through the cache state's own append()
     cache = CacheState(gen.model)
     cache.restart(prompt)
@@ -142,7 +142,7 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
 
 def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
     gen.strategy = SinkRecent(budget=200, sink=4, keep_recent=60)
-    gen.speaking_threshold = gen.dst_threshold = 0.0  # generate every turn
+    gen.speaking_threshold = gen.dst_update_threshold = 0.0  # generate every turn
     records = list(gen.stream(clip))
     assert records[-1].compressions >= 3
     assert max(r.positions[1] for r in records) < 200 and max(r.cache_tokens for r in records) <= 200
@@ -153,7 +153,7 @@ def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
     SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)], ids=lambda s: s.name)
 def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
     gen.strategy = strategy
-    gen.speaking_threshold = gen.dst_threshold = 0.0  # both heads fire on every frame: the most tokens
+    gen.speaking_threshold = gen.dst_update_threshold = 0.0  # both heads fire on every frame: the most tokens
     stream = gen.stream(clip)
     records = list(stream)
     assert max(r.cache_tokens for r in records) <= strategy.budget
@@ -173,7 +173,7 @@ def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
     outputs = iter(["S1->start", "S9->start", "complete S1", "S1->complete; S2->start", "S1->start"])
     monkeypatch.setattr(gen.decoder, "turn", lambda cache, role, max_new_tokens=None:  # the decoder, scripted
                         next(outputs) if role == "dst" else "")
-    gen.dst_threshold, gen.speaking_threshold = 0.0, 2.0
+    gen.dst_update_threshold, gen.speaking_threshold = 0.0, 2.0
     stream = gen.stream(clip)
     states = [r.dst_state for _, r in zip(range(5), stream, strict=False)]
     assert states == [{"S1": "in_progress", "S2": "not_started"}] * 3 + [
@@ -184,18 +184,19 @@ def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
 def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     vlm, tok = load_backbone(str(tiny_dir))
     gen = StreamingGenerator(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
-                             max_summary_tokens=6, speaking_threshold=2.0, dst_threshold=2.0)
+                             max_summary_tokens=6, speaking_threshold=2.0, dst_update_threshold=2.0)
     records = list(gen.stream(clip))
     first = next(r for r in records if r.summaries)
     (summary,) = first.summaries
     # a fresh stream of the clip (its state: the start's, as at that frame) whose cache holds the prompt
     # carrying that summary, then the same frame
     fresh = gen.stream(clip)
-    assert fresh.dst.state == first.dst_state
-    fresh.cache.restart(fresh.prompt(progress=summary))
+    assert fresh.context.state == first.dst_state
+    fresh.context.progress = summary
+    fresh.cache.restart(fresh.prompt())
     hidden = fresh.cache.append(chunks(gen, clip)[first.frame], frame_features(gen, clip, [first.frame]))
     assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)
-    assert f"{gen.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt(progress=summary))
+    assert f"{gen.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt())
 
 
 def test_named_settings():
@@ -218,7 +219,7 @@ def test_budget_too_small_for_what_must_be_kept(gen, clip):
 def test_generated_turns_are_cached_as_training_renders_them(gen, clip):
     """Frame chunk, then the DST turn, then the reply: header, body, end-of-turn token (added when a turn is cut
     at max_new_tokens), exactly the layout of the sequence builder."""
-    gen.speaking_threshold = gen.dst_threshold = 0.0
+    gen.speaking_threshold = gen.dst_update_threshold = 0.0
     stream = gen.stream(clip)
     first = next(stream)
     b, eot = gen.builder, gen.builder.end_of_turn_id
@@ -235,7 +236,7 @@ def test_generated_turns_are_cached_as_training_renders_them(gen, clip):
 
 def test_drop_middle_keeps_the_prompt_and_the_first_user_turn(gen, clip):
     gen.strategy = DropMiddle(budget=360, keep_recent=80)
-    gen.speaking_threshold = gen.dst_threshold = 2.0
+    gen.speaking_threshold = gen.dst_update_threshold = 2.0
     stream = gen.stream(clip)
     records = list(stream)
     assert records[-1].compressions >= 2

@@ -171,7 +171,7 @@ def _perfect_stream(clip: Clip) -> StreamedClip:
     replies = {e.frame: e.text for e in reference_events(clip, "assistant")}
     updates = {e.frame: e.text for e in reference_events(clip, "dst")}
     records = [FrameRecord(time=clip.frame_timestamp(f), frame=f, speaking_prob=float(f in replies),
-                           dst_prob=float(f in updates), text=replies.get(f, ""), dst_text=updates.get(f, ""),
+                           dst_update_prob=float(f in updates), text=replies.get(f, ""), dst_text=updates.get(f, ""),
                            dst_state=state, cache_tokens=0, cache_bytes=0, positions=(0, 0),
                            beyond_max_positions=False, compressions=0, ms=0.0)
                for f, state in zip(clip.frame_indices, reference_states(clip), strict=True)]
@@ -195,7 +195,7 @@ def test_reference_scored_against_itself_is_perfect(files):
 
 def test_streaming_uses_the_clips_prompt_and_starts_from_the_given_state(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_threshold=2.0)
+    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
     (dst_clip,) = _load(files["dst"])
     stream = gen.stream(dst_clip)
     first = next(stream)
@@ -219,7 +219,7 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, 
     from prospect.stream.strategies import SummarizeAndDrop
 
     gen = StreamingGenerator(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
-                             max_summary_tokens=5, speaking_threshold=2.0, dst_threshold=2.0)
+                             max_summary_tokens=5, speaking_threshold=2.0, dst_update_threshold=2.0)
     limits, generate = [], gen.decoder.generate
     monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
         max_new_tokens) or generate(cache, hidden, max_new_tokens))
@@ -247,7 +247,7 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
     from prospect.stream.strategies import DropMiddle
 
     gen = StreamingGenerator(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
-                             speaking_threshold=2.0, dst_threshold=2.0)
+                             speaking_threshold=2.0, dst_update_threshold=2.0)
     stream = gen.stream(_load(files["l0"])[1])
     records = list(stream)
     assert records[-1].compressions >= 2
@@ -261,7 +261,7 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
 def test_positions_past_the_models_maximum_are_reported(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
     vlm.config.text_config.max_position_embeddings = 300  # a long stream, shortened
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_threshold=2.0)
+    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
     clip = _load(files["l0"])[0]
     with pytest.warns(UserWarning, match="past the model's max_position_embeddings"):
         records = list(gen.stream(clip))

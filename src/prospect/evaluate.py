@@ -5,6 +5,7 @@ write eval_metrics.json (keyed by setting), eval_metrics.csv, dialog.csv, calibr
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from prospect.eval.report import (
     save_plots,
 )
 from prospect.eval.streaming import calibrate, evaluate
-from prospect.model.features import open_features
+from prospect.model.features import open_feature_store
 from prospect.stream.generator import StreamingGenerator
+
+log = logging.getLogger(__name__)
 
 
 def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
@@ -34,15 +37,16 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
         datamodule.prepare_data()
     encoder = load_encoder(cfg.encoder)
-    store = open_features(datamodule.features, generator.model, generator.tokens_per_frame)  # None: encode frames
+    # None: frames are encoded
+    store = open_feature_store(datamodule.feature_store, generator.model, generator.tokens_per_frame)
     settings = list(cfg.stream.settings)
     window = tuple(cfg.window) if cfg.window else None
-    thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_threshold)
+    thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
     calibration = None
     if cfg.calibrate:
         cal = cfg.calibration
         val = _clips(datamodule, cal.split, cal.num_clips)
-        calibration = calibrate(generator, val, settings, encoder, list(cal.speaking), list(cal.dst), thresholds,
+        calibration = calibrate(generator, val, settings, encoder, list(cal.speaking), list(cal.dst_update), thresholds,
                                 window, store)
         thresholds = {s: c["thresholds"] for s, c in calibration.items()}
         (out_dir / "calibration.json").write_text(json.dumps(
@@ -50,7 +54,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
     results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
                        store=store)
-    report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_threshold": r.thresholds[1],
+    report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_update_threshold": r.thresholds[1],
                   "thresholds_from": f"calibrated on {cfg.calibration.split}" if calibration else "config",
                   "encoder": encoder.name, "split": cfg.split, "checkpoint": cfg.ckpt_path}
               for s, r in results.items()}
@@ -69,9 +73,9 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             logger.experiment.finish()
         else:
             logger.save()
-    print(f"\n{cfg.split} split, {len(clips)} clips, encoder {encoder.name}"
-          + (f", thresholds calibrated on {cfg.calibration.split}" if calibration else "") + ":")
-    print(metrics_table(report, keys=("speaking_threshold", "dst_threshold", *_TABLE)))
+    log.info("%s split, %d clips, encoder %s%s:\n%s", cfg.split, len(clips), encoder.name,
+             f", thresholds calibrated on {cfg.calibration.split}" if calibration else "",
+             metrics_table(report, keys=("speaking_threshold", "dst_update_threshold", *_TABLE)))
     return report
 
 

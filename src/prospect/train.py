@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from prospect.data.datamodule import ProspectDataModule
 from prospect.data.sequence import PROMPT_WORDS
 from prospect.model.factory import build_model
-from prospect.model.features import FrameInputs, open_features
+from prospect.model.features import FrameInputs, open_feature_store
 from prospect.model.module import ProspectModule
 
 
@@ -38,11 +38,12 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, ProspectDataModule]:
         corpus = chain(datamodule.corpus(), [cfg.model.system_prompt], PROMPT_WORDS)  # read only if built
     with _lock(Path(cfg.model.backbone.tiny_dir).parent / ".prospect-tiny.lock"):
         model, tokenizer = build_model(cfg.model, corpus)
-    if datamodule.features and cfg.model.net.train_connector:
-        raise ValueError(f"data.features={datamodule.features}: cached frame features need the connector frozen "
-                         "(model.net.train_connector=false)")
+    if datamodule.feature_store and cfg.model.net.train_connector:
+        raise ValueError(f"data.feature_store={datamodule.feature_store}: cached frame features need the connector "
+                         "frozen (model.net.train_connector=false)")
     vlm, tokens_per_frame = model.vlm, cfg.model.tokens_per_frame
-    frames = FrameInputs(vlm.config.vision_config.image_size, open_features(datamodule.features, vlm, tokens_per_frame))
+    store = open_feature_store(datamodule.feature_store, vlm, tokens_per_frame)
+    frames = FrameInputs(vlm.config.vision_config.image_size, store)
     datamodule.attach(tokenizer, tokens_per_frame, frames, cfg.model.system_prompt,
                       max_positions=vlm.config.text_config.max_position_embeddings)
     module = ProspectModule(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
@@ -55,7 +56,7 @@ def _run_config(cfg: DictConfig) -> dict[str, Any]:
     finds its data) from any working directory."""
     config = OmegaConf.to_container(cfg, resolve=True)
     backbone, data = config["model"]["backbone"], config["data"]
-    keys = [(backbone, "tiny_dir"), (data, "root"), (data, "frames_root"), (data, "features")]
+    keys = [(backbone, "tiny_dir"), (data, "root"), (data, "frames_root"), (data, "feature_store")]
     if backbone["source"] != "tiny" and Path(backbone["source"]).is_dir():  # else a hub id
         keys.append((backbone, "source"))
     for section, key in keys:

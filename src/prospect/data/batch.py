@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from prospect.data.sequence import IGNORE, Sequence
+from prospect.data.sequence import IGNORE, TokenSequence
 
 
 @dataclass
 class Sample:
-    seq: Sequence
+    seq: TokenSequence
     pixel_values: Tensor  # [F, 3, S, S], the frames of seq.frames in order (empty with frame_features)
     mask: list[bool]  # per frame: counts in the head losses
     frame_features: Tensor | None = None  # [F, tokens_per_frame, H] from a feature store, instead of pixels
@@ -35,9 +35,9 @@ class Batch:
     lm_batch: Tensor  # [M] positions whose next token is learned assistant text
     lm_pos: Tensor
     lm_targets: Tensor
-    dst_batch: Tensor  # [K] positions whose next token is learned DST text
-    dst_pos: Tensor
-    dst_targets: Tensor
+    dst_gen_batch: Tensor  # [K] positions whose next token is learned DST text
+    dst_gen_pos: Tensor
+    dst_gen_targets: Tensor
     clip_ids: list[str] = field(default_factory=list)
 
     @property
@@ -59,7 +59,7 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
         for row, values in zip(dec, ([b] * len(s.seq.frames), s.seq.decision_positions, s.mask, s.seq.speaking,
                                      s.seq.dst_update, s.seq.frames), strict=True):
             row.extend(values)
-        for rows, targets in ((lm, s.seq.lm_targets), (dst, s.seq.dst_targets)):
+        for rows, targets in ((lm, s.seq.lm_targets), (dst, s.seq.dst_gen_targets)):
             for pos, t in enumerate(targets):
                 if t != IGNORE:
                     rows[0].append(b)
@@ -77,6 +77,6 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
         decision_batch=long(dec[0]), decision_pos=long(dec[1]), decision_mask=torch.tensor(dec[2], dtype=torch.bool),
         speaking=torch.tensor(dec[3], dtype=torch.float), dst_update=torch.tensor(dec[4], dtype=torch.float),
         lm_batch=long(lm[0]), lm_pos=long(lm[1]), lm_targets=long(lm[2]),
-        dst_batch=long(dst[0]), dst_pos=long(dst[1]), dst_targets=long(dst[2]),
+        dst_gen_batch=long(dst[0]), dst_gen_pos=long(dst[1]), dst_gen_targets=long(dst[2]),
         clip_ids=[s.seq.clip_id for s in samples],
     )

@@ -33,6 +33,12 @@ class FieldNames:
     updates: str = "updates"
 
 
+# ProAssist's prepared clips and their DST extension name the fields alike.
+UPSTREAM_NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx",
+                            source="frames_file", steps="dst", initial_state="initial_dst_state", text="content",
+                            updates="content")
+
+
 def check_clip(clip: Clip, problems: Problems, names: FieldNames = FieldNames()) -> None:
     """Add every problem of `clip` to `problems`: video range, steps, event order, bounds and transitions."""
     video, fps = clip.video, clip.video.fps

@@ -95,7 +95,7 @@ class ProspectDataModule(L.LightningDataModule):
         neg_frame_rate: float = 0.1,
         supervision: str = "perframe",
         max_seq_len: int | None = 4096,
-        features: str | None = None,
+        feature_store: str | None = None,
         group_by_length: bool = True,
         restart_len: int | None = None,
         restart_share: float = 0.0,
@@ -112,7 +112,7 @@ class ProspectDataModule(L.LightningDataModule):
             raise ValueError(f"restart_share must be in [0, 1], got {restart_share}")
         self.restart_len, self.restart_share = restart_len, restart_share
         self.group_by_length = group_by_length
-        self.features = features  # path of a feature store (python -m prospect.data features), opened by the model
+        self.feature_store = feature_store  # path (python -m prospect.data features), opened by the model
         self.builder: SequenceBuilder | None = None  # both given by attach
         self.frames: FrameReader | None = None
         self.datasets: dict[str, SequenceDataset] = {}

@@ -1,25 +1,22 @@
-"""Clips as an Arrow-backed HF `datasets.Dataset`, and each clip's frames aligned with its events.
+"""Clips as an Arrow-backed HF `datasets.Dataset`.
 
 The Arrow table (one row per clip) is built once per annotation file content, after full validation with
 frames sources checked, and reused from the datasets cache afterwards. Frames are never stored here: they are
-read lazily from the frames source when a FrameStep's image is asked for.
+read lazily from the frames source by `Clip.frame`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from PIL import Image
 
 from prospect import __version__
-from prospect.data.clip import Clip, Event
+from prospect.data.clip import Clip
 from prospect.data.load import load_clips
 from prospect.data.ours import build_clip
-from prospect.data.timebase import frame_time
 
 FEATURES = datasets.Features({
     "id": datasets.Value("string"),
@@ -62,27 +59,3 @@ class ClipDataset:
 
     def ids(self) -> list[str]:
         return self.table["id"]
-
-
-@dataclass
-class FrameStep:
-    """One frame of a clip and the events decided right after it."""
-
-    clip: Clip
-    index: int  # absolute frame index in the video
-    events: list[Event]
-
-    @property
-    def time(self) -> float:
-        return frame_time(self.index, self.clip.fps)
-
-    @property
-    def image(self) -> Image.Image:
-        return self.clip.frame(self.index)
-
-
-def timeline(clip: Clip) -> tuple[list[Event], list[FrameStep]]:
-    """Events decided before any frame, then one FrameStep per frame of the clip, in time order."""
-    by_frame = clip.events_by_frame()
-    before = by_frame.get(clip.video.start_frame - 1, [])
-    return before, [FrameStep(clip, i, by_frame.get(i, [])) for i in clip.frame_indices]

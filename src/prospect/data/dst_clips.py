@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prospect.data.checks import FieldNames, check_clip, check_state
+from prospect.data.checks import UPSTREAM_NAMES, check_clip, check_state
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate, TransitionError, apply_updates
 from prospect.data.errors import Problems
 from prospect.data.fields import field, objects
 from prospect.data.timebase import frame_at
 
-NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx", source="frames_file",
-                   steps="dst", initial_state="initial_dst_state", text="content", updates="content")
 _ROLES = {"system": "system", "user": "user", "assistant": "assistant", "DST_UPDATE": "dst"}
 _TOP_LEVEL = {"video_uid": "string", "conversation": "array", "dst": "array", "frames_file": "string",
               "start_frame_idx": "integer", "end_frame_idx": "integer", "fps": "number"}
@@ -65,7 +63,7 @@ def read_dst_clip(record: dict, problems: Problems, root: Path | None) -> Clip |
         metadata={"source_format": "dst", **{k: v for k, v in record.items() if k not in _USED}},
         root=root,
     )
-    check_clip(clip, problems, NAMES)
+    check_clip(clip, problems, UPSTREAM_NAMES)
     return clip
 
 

@@ -15,13 +15,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from prospect.data.checks import FieldNames, check_frames
+from prospect.data.checks import UPSTREAM_NAMES, FieldNames, check_frames
 from prospect.data.clip import FORMAT, Clip
-from prospect.data.dst_clips import NAMES as DST_NAMES
 from prospect.data.dst_clips import is_dst_clip, read_dst_clip
 from prospect.data.errors import ClipFormatError, ClipWarning, Problem, Problems
 from prospect.data.ours import read_ours
-from prospect.data.proassist import NAMES as PROASSIST_NAMES
 from prospect.data.proassist import is_proassist, read_proassist
 
 Reader = Callable[[dict, Problems, "Path | None"], "Clip | None"]
@@ -116,10 +114,10 @@ def _detect(record: dict, path: Path) -> tuple[Reader, FieldNames, Path]:
     if "format" in record or "events" in record:
         return read_ours, FieldNames(), path.parent
     if is_dst_clip(record):
-        return read_dst_clip, DST_NAMES, path.parent
+        return read_dst_clip, UPSTREAM_NAMES, path.parent
     if is_proassist(record) or "conversation" in record:
         upstream = path.parent.parent if path.parent.name == "prepared" else path.parent
-        return read_proassist, PROASSIST_NAMES, upstream
+        return read_proassist, UPSTREAM_NAMES, upstream
     return _unknown, FieldNames(), path.parent
 
 

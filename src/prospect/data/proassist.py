@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prospect.data.checks import FieldNames, check_clip
+from prospect.data.checks import UPSTREAM_NAMES, check_clip
 from prospect.data.clip import Clip, Event, Task, Video
 from prospect.data.errors import Problems
 from prospect.data.fields import field, objects
@@ -23,8 +23,6 @@ from prospect.data.timebase import frame_end_time
 KNOWLEDGE_PREFIX = "Task knowledge:"  # upstream's knowledge turn, and how its streaming finds it again
 SUMMARIZE_PREFIX = "Please summarize"  # upstream's summarize request (and how its evaluation drops it)
 
-NAMES = FieldNames(fps="fps", start_frame="start_frame_idx", end_frame="end_frame_idx", source="frames_file",
-                   steps="dst", initial_state="initial_dst_state", text="content", updates="content")
 _TOP_LEVEL = {"dataset": "string", "video_uid": "string", "clip_idx": "integer", "frames_file": "string",
               "start_frame_idx": "integer", "end_frame_idx": "integer", "conversation": "array",
               "fps": "number", "metadata": "object"}
@@ -66,7 +64,7 @@ def read_proassist(record: dict, problems: Problems, root: Path | None) -> Clip 
                   **{k: record[k] for k in _SIZES if k in record}},
         root=root,
     )
-    check_clip(clip, problems, NAMES)
+    check_clip(clip, problems, UPSTREAM_NAMES)
     return clip
 
 

@@ -11,10 +11,10 @@ summary was asked for: no head target). `{lm: ...}` / `{dst: ...}` are the token
 
 from __future__ import annotations
 
-from prospect.data.sequence import IGNORE, Sequence, SequenceBuilder
+from prospect.data.sequence import IGNORE, SequenceBuilder, TokenSequence
 
 
-def describe(builder: SequenceBuilder, seq: Sequence) -> str:
+def describe(builder: SequenceBuilder, seq: TokenSequence) -> str:
     """The sequence as annotated text (see the module docstring)."""
     frame = builder.frame_ids()
     starts, p = [], 0  # where each frame's marker starts
@@ -48,14 +48,14 @@ def _fold(silent: list[str]) -> list[str]:
             f"({len(silent)} silent frames)"]
 
 
-def _text(builder: SequenceBuilder, seq: Sequence, start: int, end: int) -> str:
+def _text(builder: SequenceBuilder, seq: TokenSequence, start: int, end: int) -> str:
     """Tokens [start, end) decoded, each run of learned tokens wrapped as {lm: ...} or {dst: ...}."""
     out, run, kind = [], [], None
     for p in range(start, end):
         learned = None
         if p > 0 and seq.lm_targets[p - 1] != IGNORE:
             learned = "lm"
-        elif p > 0 and seq.dst_targets[p - 1] != IGNORE:
+        elif p > 0 and seq.dst_gen_targets[p - 1] != IGNORE:
             learned = "dst"
         if learned != kind and run:
             out.append(_span(builder, run, kind))

@@ -47,14 +47,14 @@ DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video,
 
 
 @dataclass
-class Sequence:
+class TokenSequence:
     """One training sequence (a clip, or one split of a long clip)."""
 
     clip_id: str
     fps: float
     input_ids: list[int] = field(default_factory=list)
     lm_targets: list[int] = field(default_factory=list)  # target of the prediction AT each position, or IGNORE
-    dst_targets: list[int] = field(default_factory=list)  # same, for DST update text
+    dst_gen_targets: list[int] = field(default_factory=list)  # same, for DST update text
     frames: list[int] = field(default_factory=list)  # absolute frame index of each frame slot, in order
     decision_positions: list[int] = field(default_factory=list)  # per frame
     speaking: list[int] = field(default_factory=list)  # per frame: 1 if an assistant turn follows
@@ -65,20 +65,20 @@ class Sequence:
         return len(self.input_ids)
 
     def append(self, ids: list[int], learned: str | None = None) -> None:
-        """Append tokens; with `learned` ("lm" or "dst") every appended token is a target of that loss."""
-        for targets, kind in ((self.lm_targets, "lm"), (self.dst_targets, "dst")):
+        """Append tokens; with `learned` ("lm" or "dst_gen") every appended token is a target of that loss."""
+        for targets, kind in ((self.lm_targets, "lm"), (self.dst_gen_targets, "dst_gen")):
             if self.input_ids:  # the previous position predicts the first appended token
                 targets[-1] = ids[0] if learned == kind else targets[-1]
             targets.extend(ids[1:] if learned == kind else [IGNORE] * (len(ids) - 1))
             targets.append(IGNORE)
         self.input_ids.extend(ids)
 
-    def extend(self, piece: Sequence) -> None:
+    def extend(self, piece: TokenSequence) -> None:
         """Append a piece rendered on its own (it starts with a frame marker, which no loss learns)."""
         offset = len(self)
         self.input_ids += piece.input_ids
         self.lm_targets += piece.lm_targets
-        self.dst_targets += piece.dst_targets
+        self.dst_gen_targets += piece.dst_gen_targets
         self.frames += piece.frames
         self.decision_positions += [p + offset for p in piece.decision_positions]
         self.speaking += piece.speaking
@@ -119,6 +119,12 @@ class SequenceBuilder:
             lines.append("State: " + "; ".join(f"{k} {v}" for k, v in state.items()))
         return self.encode(f"{TURN_START}System: " + "\n".join(lines) + END_OF_TURN)
 
+    def context_prompt_ids(self, task: Task, context: PromptContext, restart: bool) -> list[int]:
+        """The prompt a sequence or stream starts from; a restarted one also carries the progress and the
+        knowledge turn."""
+        return self.prompt_ids(task, context.state, context.progress if restart else None, context.system_prompt,
+                               context.knowledge if restart else None)
+
     def frame_ids(self) -> list[int]:
         return list(self._frame_ids)
 
@@ -136,7 +142,7 @@ class SequenceBuilder:
         return self.header_ids(role) + self.body_ids(text)
 
     # -- whole clips ----------------------------------------------------------------------------------------
-    def build(self, clip: Clip, max_seq_len: int | None = None) -> list[Sequence]:
+    def build(self, clip: Clip, max_seq_len: int | None = None) -> list[TokenSequence]:
         """The clip as one sequence, or several when it exceeds max_seq_len (this call's, else the builder's).
         A sequence cut short ends as the summarize strategy's cache does before its restart: the summary request,
         the next frame and the progress so far as the (learned) answer; the next one starts from the prompt with
@@ -153,7 +159,7 @@ class SequenceBuilder:
         measured, room = None, 0  # the progress whose closing was measured, and its tokens (it must fit too)
         for f in clip.frame_indices:
             events = by_frame.get(f, [])
-            piece = Sequence(clip.id, clip.fps)  # rendered alone first, to measure it and split before it if needed
+            piece = TokenSequence(clip.id, clip.fps)  # rendered alone first, to split before it if needed
             self._add_frame(piece, f, events)
             if max_seq_len and context.progress != measured:  # re-rendered only when the progress changes
                 measured = context.progress
@@ -170,20 +176,19 @@ class SequenceBuilder:
             context.advance(events)
         return sequences
 
-    def _closing(self, clip: Clip, frame: int, progress: str) -> Sequence:
+    def _closing(self, clip: Clip, frame: int, progress: str) -> TokenSequence:
         """[summary request][frame][progress as the requested, learned summary]: how a cut sequence ends."""
-        closing = Sequence(clip.id, clip.fps)
+        closing = TokenSequence(clip.id, clip.fps)
         closing.append(self.turn_ids_of("system", SUMMARIZE_REQUEST))
         self._add_frame(closing, frame, [Event("assistant", 0.0, frame, progress, kind="summary")])
         return closing
 
-    def _start(self, clip: Clip, context: PromptContext, restart: bool) -> Sequence:
-        seq = Sequence(clip.id, clip.fps)
-        seq.append(self.prompt_ids(clip.task, context.state, context.progress if restart else None,
-                                   context.system_prompt, context.knowledge if restart else None))
+    def _start(self, clip: Clip, context: PromptContext, restart: bool) -> TokenSequence:
+        seq = TokenSequence(clip.id, clip.fps)
+        seq.append(self.context_prompt_ids(clip.task, context, restart))
         return seq
 
-    def _add_frame(self, seq: Sequence, frame: int, events: list[Event]) -> None:
+    def _add_frame(self, seq: TokenSequence, frame: int, events: list[Event]) -> None:
         seq.append(self.frame_ids())
         seq.frames.append(frame)
         self._add_turns(seq, [e for e in events if e.role in INPUT_ROLES and e.kind != "summarize_request"])
@@ -194,13 +199,13 @@ class SequenceBuilder:
         seq.supervised.append(int(not any(e.kind == "summary" for e in outputs)))
         self._add_turns(seq, outputs + [e for e in events if e.kind == "summarize_request"])
 
-    def _add_turns(self, seq: Sequence, events: list[Event]) -> None:
+    def _add_turns(self, seq: TokenSequence, events: list[Event]) -> None:
         for e in events:
             seq.append(self.header_ids(e.role))
-            learned = {"assistant": "lm", "dst": "dst"}.get(e.role)
+            learned = {"assistant": "lm", "dst": "dst_gen"}.get(e.role)
             seq.append(self.body_ids(e.text), learned=learned)
 
-    def render(self, seq: Sequence) -> str:
+    def render(self, seq: TokenSequence) -> str:
         """Human-readable text of a sequence (image tokens collapsed), for inspection and tests."""
         text = self.tokenizer.decode(seq.input_ids)
         return text.replace(IMAGE * self.tokens_per_frame, f"<image x{self.tokens_per_frame}>")
@@ -232,7 +237,7 @@ class PromptContext:
                 self.progress = e.progress
 
 
-def decision_mask(seq: Sequence, neg_rate: float, rng, mode: str = "perframe") -> list[bool]:
+def decision_mask(seq: TokenSequence, neg_rate: float, rng, mode: str = "perframe") -> list[bool]:
     """Which frames count in the head losses. Positive frames (either head) always count, frames whose turn was
     requested never. `perframe`: each negative frame with probability `neg_rate`; `perturn`: one random negative
     frame per silent gap between turns. `rng` is a numpy Generator (re-seeded each epoch by the caller, so

@@ -6,6 +6,7 @@ rank streams its share of the clips and rank 0 scores them all; FSDP, which shar
 from __future__ import annotations
 
 import json
+import logging
 from itertools import chain, zip_longest
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from prospect.eval.report import log_to_wandb, metrics_table, save_plots
 from prospect.eval.streaming import StreamedClip, score, stream_clips
 from prospect.stream.generator import StreamingGenerator
 
+log = logging.getLogger(__name__)
+
 LOGGED = ("f1", "precision", "recall", "jaccard", "bleu4", "cider", "rouge_l", "time_diff", "dst_f1",
           "dst_precision", "dst_recall", "dst_state_accuracy", "speaking_auroc", "dst_update_auroc", "ms_per_frame",
           "peak_cache_tokens", "peak_cache_bytes", "compressions", "malformed_dst", "frames_beyond_max_positions")
@@ -31,13 +34,13 @@ class StreamingValidation(L.Callback):
     monitor always finds them; a repeated value never counts as an improvement and NaN counts as the worst."""
 
     def __init__(self, settings: list[str], every_n_epochs: int = 5, num_clips: int = 2,
-                 speaking_threshold: float = 0.5, dst_threshold: float = 0.5, max_new_tokens: int = 48,
+                 speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5, max_new_tokens: int = 48,
                  max_summary_tokens: int = 128, encoder: str = PACKAGED, window: list[float] | None = None,
                  dirpath: str = "plots/stream", max_plots: int = 1):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.settings, self.every_n_epochs, self.num_clips = list(settings), every_n_epochs, num_clips
-        self.thresholds = (speaking_threshold, dst_threshold)
+        self.thresholds = (speaking_threshold, dst_update_threshold)
         self.max_new_tokens, self.max_summary_tokens, self.encoder_source = max_new_tokens, max_summary_tokens, encoder
         self.window = tuple(window) if window else None
         self.dirpath, self.max_plots = Path(dirpath), max_plots
@@ -87,8 +90,8 @@ class StreamingValidation(L.Callback):
         (out / "stream_metrics.json").write_text(json.dumps(
             {"encoder": encoder.name, "epoch": trainer.current_epoch, "thresholds": self.thresholds,
              "clips": [c.id for c in clips], "settings": metrics}, indent=2) + "\n")
-        print(f"\nstreaming validation, epoch {trainer.current_epoch} ({len(clips)} clips, encoder "
-              f"{encoder.name}):\n{metrics_table(metrics)}")
+        log.info("streaming validation, epoch %d (%d clips, encoder %s):\n%s", trainer.current_epoch, len(clips),
+                 encoder.name, metrics_table(metrics))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"stream_encoder": encoder.name}, allow_val_change=True)

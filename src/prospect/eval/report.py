@@ -37,7 +37,7 @@ def plot_stream(path: Path, streamed: StreamedClip, setting: str, thresholds: tu
     reference = {head: [clip.frame_timestamp(e.frame) for e in reference_events(clip, role)]
                  for head, role in (("speaking", "assistant"), ("dst_update", "dst"))}
     probs = {"speaking": [r.speaking_prob for r in streamed.records],
-             "dst_update": [r.dst_prob for r in streamed.records]}
+             "dst_update": [r.dst_update_prob for r in streamed.records]}
     return plot_timeline(path, f"{clip.id} [{setting}]", [r.time for r in streamed.records], probs, reference,
                          compressions=streamed.compression_times(),
                          thresholds={"speaking": thresholds[0], "dst_update": thresholds[1]})

@@ -27,7 +27,7 @@ from prospect.model.features import FeatureStore
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 from prospect.stream.strategies import make_strategy
 
-Thresholds = tuple[float, float]  # (speaking, dst)
+Thresholds = tuple[float, float]  # (speaking, dst_update)
 
 
 @dataclass
@@ -89,39 +89,40 @@ class FeatureMemo:
 
 def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
              similarity: Similarity, thresholds: Thresholds | Mapping[str, Thresholds],
-             window: tuple[float, float] | None = None, features: FeatureMemo | None = None,
+             window: tuple[float, float] | None = None, memo: FeatureMemo | None = None,
              desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, SettingResult]:
     """Stream every clip at every setting (stream_clips) and score each setting; `window` (seconds) overrides
     the per-dataset windows."""
     per_setting = _per_setting(thresholds, settings)
-    streamed = stream_clips(generator, clips, settings, per_setting, features, desc, store)
+    streamed = stream_clips(generator, clips, settings, per_setting, memo, desc, store)
     return {s: score(s, per_setting[s], streamed[s], similarity, window) for s in settings}
 
 
 def stream_clips(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
-                 thresholds: Thresholds | Mapping[str, Thresholds], features: FeatureMemo | None = None,
+                 thresholds: Thresholds | Mapping[str, Thresholds], memo: FeatureMemo | None = None,
                  desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, list[StreamedClip]]:
     """Stream every clip at every setting (a progress bar counts frames), unscored: {setting: one StreamedClip
     per clip, in clip order}, so that ranks can stream shards of the clips and score them together.
-    `thresholds` is one (speaking, dst) pair or one per setting; a given `features` memo is kept (reuse it across
+    `thresholds` is one (speaking, dst_update) pair or one per setting; a given `memo` is kept (reuse it across
     calls on the same clips); otherwise frame features come from `store` when given, else from the vision
     encoder."""
     per_setting = _per_setting(thresholds, settings)
-    memo = features or FeatureMemo(generator, store)
+    shared = memo is not None  # the caller keeps it (and forgets nothing)
+    memo = memo if shared else FeatureMemo(generator, store)
     streamed: dict[str, list[StreamedClip]] = {s: [] for s in settings}
     with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(settings), desc=desc, unit="frame",
               leave=False) as bar:
         for k, clip in enumerate(clips):
             for setting in settings:
                 generator.strategy = make_strategy(setting)
-                generator.speaking_threshold, generator.dst_threshold = per_setting[setting]
+                generator.speaking_threshold, generator.dst_update_threshold = per_setting[setting]
                 records, stream = [], generator.stream(clip, memo)
                 for record in stream:
                     records.append(record)
                     bar.update()
                 streamed[setting].append(StreamedClip(clip, records, stream.malformed_dst))
             following = clips[k + 1] if k + 1 < len(clips) else None
-            if features is None and (following is None or following.frames_path != clip.frames_path):
+            if not shared and (following is None or following.frames_path != clip.frames_path):
                 memo.forget(clip)  # kept while the next clip is another dialog of the same video
     return streamed
 
@@ -163,7 +164,7 @@ def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], si
 def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
     """AUROC / AP of each head's per-frame probability against the frames where the reference acts."""
     out = {}
-    for head, role, attr in (("speaking", "assistant", "speaking_prob"), ("dst_update", "dst", "dst_prob")):
+    for head, role, attr in (("speaking", "assistant", "speaking_prob"), ("dst_update", "dst", "dst_update_prob")):
         probs, labels = [], []
         for s in streamed:
             positive = {e.frame for e in reference_events(s.clip, role)}
@@ -177,12 +178,12 @@ def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
 
 
 def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
-              similarity: Similarity, speaking: Sequence[float], dst: Sequence[float], default: Thresholds,
+              similarity: Similarity, speaking: Sequence[float], dst_update: Sequence[float], default: Thresholds,
               window: tuple[float, float] | None = None, store: FeatureStore | None = None) -> dict[str, dict]:
     """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
     threshold with the best DST F1 at that speaking threshold (frame features from `store` when given).
-    Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_threshold", "f1", "dst_f1"},
-    ...]}}."""
+    Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_update_threshold", "f1",
+    "dst_f1"}, ...]}}."""
     memo = FeatureMemo(generator, store)
     grid: dict[str, dict[Thresholds, dict]] = {s: {} for s in settings}
 
@@ -197,14 +198,14 @@ def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Se
     for p in speaking:
         run(dict.fromkeys(settings, (p, default[1])))
     best_speaking = {s: max(speaking, key=lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in settings}
-    for d in dst:
+    for d in dst_update:
         run({s: (best_speaking[s], d) for s in settings})
     out = {}
     for s in settings:
-        best_dst = max(dst, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
+        best_dst = max(dst_update, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
         out[s] = {"thresholds": (best_speaking[s], best_dst),
-                  "grid": [{"speaking_threshold": t[0], "dst_threshold": t[1], "f1": m["f1"], "dst_f1": m["dst_f1"]}
-                           for t, m in sorted(grid[s].items())]}
+                  "grid": [{"speaking_threshold": t[0], "dst_update_threshold": t[1], "f1": m["f1"],
+                            "dst_f1": m["dst_f1"]} for t, m in sorted(grid[s].items())]}
     return out
 
 

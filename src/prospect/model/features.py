@@ -126,8 +126,8 @@ def write_features(path: str | Path, clips: Iterable[Clip], vlm, tokens_per_fram
     return FeatureStore(path, identity)
 
 
-def open_features(path: str | Path | None, vlm, tokens_per_frame: int) -> FeatureStore | None:
-    """The store at `path` (data.features), checked against this model's vision path; None without one."""
+def open_feature_store(path: str | Path | None, vlm, tokens_per_frame: int) -> FeatureStore | None:
+    """The store at `path` (data.feature_store), checked against this model's vision path; None without one."""
     return FeatureStore(path, feature_identity(vlm, tokens_per_frame)) if path else None
 
 

@@ -12,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prospect.data.batch import Batch
+from prospect.model.prospect_model import ProspectOutput
+
 
 @dataclass
 class LossConfig:
     lm_weight: float = 1.0
     speaking_weight: float = 1.0
-    dst_weight: float = 1.0
+    dst_update_weight: float = 1.0
     dst_gen_weight: float = 1.0
     balance: str = "class_balanced"  # class_balanced | pos_weight | focal | plain
     pos_weight: float = 1.0  # with balance=pos_weight
@@ -51,14 +54,15 @@ def binary_loss(logits: Tensor, labels: Tensor, cfg: LossConfig) -> Tensor:
     raise ValueError(f"loss.balance must be class_balanced, pos_weight, focal or plain, got {cfg.balance!r}")
 
 
-def total_loss(out: dict[str, Tensor], cfg: LossConfig) -> dict[str, Tensor]:
-    """Loss terms and their weighted total from the model outputs (see ProspectModel.forward)."""
+def total_loss(out: ProspectOutput, batch: Batch, cfg: LossConfig) -> dict[str, Tensor]:
+    """Loss terms and their weighted total; the head losses read only the frames in `batch.decision_mask`."""
+    m = batch.decision_mask
     losses = {
-        "lm": token_loss(out["lm_logits"], out["lm_targets"]),
-        "dst_gen": token_loss(out["dst_logits"], out["dst_targets"]),
-        "speaking": binary_loss(out["speaking_logits"], out["speaking_labels"], cfg),
-        "dst": binary_loss(out["dst_update_logits"], out["dst_update_labels"], cfg),
+        "lm": token_loss(out.lm_logits, batch.lm_targets),
+        "dst_gen": token_loss(out.dst_gen_logits, batch.dst_gen_targets),
+        "speaking": binary_loss(out.speaking_logits[m], batch.speaking[m], cfg),
+        "dst_update": binary_loss(out.dst_update_logits[m], batch.dst_update[m], cfg),
     }
     losses["total"] = (cfg.lm_weight * losses["lm"] + cfg.dst_gen_weight * losses["dst_gen"]
-                       + cfg.speaking_weight * losses["speaking"] + cfg.dst_weight * losses["dst"])
+                       + cfg.speaking_weight * losses["speaking"] + cfg.dst_update_weight * losses["dst_update"])
     return losses

@@ -15,7 +15,7 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, Bin
 from prospect.data.batch import Batch
 from prospect.model.factory import check_checkpoint
 from prospect.model.losses import LossConfig, total_loss
-from prospect.model.prospect_model import ProspectModel
+from prospect.model.prospect_model import ProspectModel, ProspectOutput
 
 HEADS = ("speaking", "dst_update")
 
@@ -37,12 +37,12 @@ class ProspectModule(L.LightningModule):
         self.token_accuracy = torch.nn.ModuleDict({
             f"{split}_{kind}": MeanMetric() for split in ("train", "val", "test") for kind in ("lm", "dst_gen")})
 
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> ProspectOutput:
         return self.model(batch)
 
-    def _step(self, batch: Batch, split: str) -> tuple[Tensor, dict[str, Tensor]]:
+    def _step(self, batch: Batch, split: str) -> tuple[Tensor, ProspectOutput]:
         out = self.model(batch)
-        losses = total_loss(out, self.loss_cfg)
+        losses = total_loss(out, batch, self.loss_cfg)
         on_step = split == "train"
         # Losses are per rank (rank 0's reach the loggers). sync_dist would all-reduce them whenever the progress
         # bar, which only rank 0 has, reads its metrics: a collective the other ranks never join (a DDP hang).
@@ -50,11 +50,11 @@ class ProspectModule(L.LightningModule):
                       batch_size=batch.size, on_step=on_step, on_epoch=True)
         self.log(f"{split}/loss", losses["total"], batch_size=batch.size, prog_bar=True, on_step=on_step,
                  on_epoch=True)
-        for head, labels in (("speaking", batch.speaking), ("dst_update", batch.dst_update)):
-            self.head_metrics[f"{split}_{head}"].update(torch.sigmoid(out[f"{head}_all"].detach().float()),
-                                                          labels.long())
-        for kind, logits, targets in (("lm", out["lm_logits"], out["lm_targets"]),
-                                      ("dst_gen", out["dst_logits"], out["dst_targets"])):
+        for head, logits, labels in (("speaking", out.speaking_logits, batch.speaking),
+                                     ("dst_update", out.dst_update_logits, batch.dst_update)):
+            self.head_metrics[f"{split}_{head}"].update(torch.sigmoid(logits.detach().float()), labels.long())
+        for kind, logits, targets in (("lm", out.lm_logits, batch.lm_targets),
+                                      ("dst_gen", out.dst_gen_logits, batch.dst_gen_targets)):
             if targets.numel():
                 self.token_accuracy[f"{split}_{kind}"].update((logits.argmax(-1) == targets).float())
         return losses["total"], out
@@ -85,7 +85,8 @@ class ProspectModule(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         out = self._step(batch, "test")[1]
-        return {head: torch.sigmoid(out[f"{head}_all"].float()) for head in HEADS}
+        return {"speaking": torch.sigmoid(out.speaking_logits.float()),
+                "dst_update": torch.sigmoid(out.dst_update_logits.float())}
 
     def on_train_epoch_start(self) -> None:
         set_epoch = getattr(getattr(self.trainer, "datamodule", None), "set_epoch", None)

@@ -8,6 +8,8 @@ positions for the LM head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from transformers import SmolVLMForConditionalGeneration
@@ -19,6 +21,16 @@ from prospect.model.vision import check_tokens_per_frame, embed_with_frames, enc
 
 # LoRA on the text model's attention and MLP projections only (not the vision encoder).
 TEXT_PROJECTIONS = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class ProspectOutput:
+    """What one forward pass gives the losses and metrics; the labels and masks stay in the Batch."""
+
+    speaking_logits: Tensor  # [D] at every decision frame (the loss reads those in batch.decision_mask)
+    dst_update_logits: Tensor  # [D]
+    lm_logits: Tensor  # [L, V] at the positions whose next token is a learned reply token
+    dst_gen_logits: Tensor  # [G, V] at the positions whose next token is learned DST text
 
 
 class ProspectModel(nn.Module):
@@ -66,20 +78,15 @@ class ProspectModel(nn.Module):
     def encode_frames(self, pixel_values: Tensor) -> Tensor:
         return encode_frames(self.vlm, pixel_values, self.tokens_per_frame)
 
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, batch: Batch) -> ProspectOutput:
         feats = batch.frame_features
         if feats is None and batch.pixel_values.numel():
             feats = self.encode_frames(batch.pixel_values)
         embeds = embed_with_frames(self.vlm, batch.input_ids, feats)
         hidden = self.text_model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
         decision = hidden[batch.decision_batch, batch.decision_pos]  # [D, H]
-        speaking, dst_update = self.speaking_head(decision), self.dst_head(decision)  # [D] each
-        m = batch.decision_mask
         lm_head = self.vlm.lm_head
-        return {
-            "speaking_all": speaking, "dst_update_all": dst_update,  # every frame, for metrics
-            "speaking_logits": speaking[m], "speaking_labels": batch.speaking[m],
-            "dst_update_logits": dst_update[m], "dst_update_labels": batch.dst_update[m],
-            "lm_logits": lm_head(hidden[batch.lm_batch, batch.lm_pos]), "lm_targets": batch.lm_targets,
-            "dst_logits": lm_head(hidden[batch.dst_batch, batch.dst_pos]), "dst_targets": batch.dst_targets,
-        }
+        return ProspectOutput(
+            speaking_logits=self.speaking_head(decision), dst_update_logits=self.dst_head(decision),
+            lm_logits=lm_head(hidden[batch.lm_batch, batch.lm_pos]),
+            dst_gen_logits=lm_head(hidden[batch.dst_gen_batch, batch.dst_gen_pos]))

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", help="what the user says at the start (--video)")
     parser.add_argument("--setting", default="none", help="none or <strategy>_<1k|2k|4k>, e.g. drop_middle_1k")
     parser.add_argument("--speaking-threshold", type=float, default=0.5)
-    parser.add_argument("--dst-threshold", type=float, default=0.5)
+    parser.add_argument("--dst-update-threshold", type=float, default=0.5)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--reference", action="store_true", help="also print the clip's reference turns")
     args = parser.parse_args(argv)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = video_clip(args.video, args.fps, args.goal, args.steps, args.user)
     generator = StreamingGenerator.from_checkpoint(
         str(args.checkpoint), setting=args.setting, speaking_threshold=args.speaking_threshold,
-        dst_threshold=args.dst_threshold, max_new_tokens=args.max_new_tokens)
+        dst_update_threshold=args.dst_update_threshold, max_new_tokens=args.max_new_tokens)
     for line in transcript(generator, clip, args.reference):
         print(line, flush=True)
     return 0

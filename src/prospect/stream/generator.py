@@ -22,7 +22,7 @@ from torch import Tensor
 from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.clip import Clip, Event, Task
-from prospect.data.sequence import INPUT_ROLES, SUMMARIZE_REQUEST, SequenceBuilder
+from prospect.data.sequence import INPUT_ROLES, SUMMARIZE_REQUEST, PromptContext, SequenceBuilder
 from prospect.model.heads import BinaryHead
 from prospect.model.vision import encode_frames, pixels
 from prospect.stream.cache import CacheState
@@ -47,7 +47,7 @@ class FrameRecord:
     time: float  # the frame's timestamp (s)
     frame: int  # absolute frame index
     speaking_prob: float
-    dst_prob: float
+    dst_update_prob: float
     text: str  # the generated reply, "" when silent
     dst_text: str  # the generated DST update, "" when none
     dst_state: dict[str, str]  # tracked state after this frame
@@ -67,7 +67,7 @@ class StreamingGenerator:
     def __init__(self, model: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
                  speaking_head: BinaryHead | None = None, dst_head: BinaryHead | None = None,
                  strategy: Strategy | None = None, system_prompt: str | None = None,
-                 speaking_threshold: float = 0.5, dst_threshold: float = 0.5, max_new_tokens: int = 48,
+                 speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5, max_new_tokens: int = 48,
                  max_summary_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0):
         """`model` is a transformers SmolVLM (LoRA layers may be injected); heads default to untrained ones."""
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -80,7 +80,7 @@ class StreamingGenerator:
                                                                          if system_prompt else {}))
         self.tokens_per_frame = tokens_per_frame
         self.strategy = strategy or NoCompression()
-        self.speaking_threshold, self.dst_threshold = speaking_threshold, dst_threshold
+        self.speaking_threshold, self.dst_update_threshold = speaking_threshold, dst_update_threshold
         self.decoder = TurnDecoder(model.lm_head, self.builder, max_new_tokens, do_sample, temperature)
         self.max_summary_tokens = max_summary_tokens
         self.image_size = model.config.vision_config.image_size
@@ -188,14 +188,14 @@ class StreamingGenerator:
             slot += len(ids)
         speaking = float(torch.sigmoid(self.speaking_head(hidden)))
         dst = float(torch.sigmoid(self.dst_head(hidden)))
-        dst_text = self.decoder.turn(cache, "dst") if dst >= self.dst_threshold else ""
+        dst_text = self.decoder.turn(cache, "dst") if dst >= self.dst_update_threshold else ""
         if dst_text:
             stream.dst.apply(dst_text)
         text = self.decoder.turn(cache, "assistant") if speaking >= self.speaking_threshold else ""
         self._warn_positions(cache)
         return FrameRecord(
-            time=item.time, frame=item.index, speaking_prob=speaking, dst_prob=dst, text=text, dst_text=dst_text,
-            dst_state=dict(stream.dst.state), cache_tokens=cache.tokens, cache_bytes=cache.nbytes,
+            time=item.time, frame=item.index, speaking_prob=speaking, dst_update_prob=dst, text=text, dst_text=dst_text,
+            dst_state=dict(stream.context.state), cache_tokens=cache.tokens, cache_bytes=cache.nbytes,
             positions=(int(cache.positions.min()), int(cache.positions.max())),
             beyond_max_positions=cache.next_position > cache.max_positions, compressions=stream.compressions,
             ms=(time.perf_counter() - start) * 1e3, summaries=stream.summaries)
@@ -210,19 +210,20 @@ class StreamingGenerator:
 
 
 class Stream(Iterator[FrameRecord]):
-    """One video through a generator: its cache, task and system prompt, the tracked DST state, the knowledge
-    turn and whether the first user turn were seen, the compressions so far, the frame about to be fed (a summary
-    is answered after it) and the summaries generated at it. Iterating it runs the frames, lazily; it is what
-    the generator's strategy compresses (strategies.Compressible)."""
+    """One video through a generator: its cache, task, what a restarted prompt carries (the PromptContext of
+    training: system prompt, tracked DST state, progress, knowledge turn), whether the first user turn was seen,
+    the compressions so far, the frame about to be fed (a summary is answered after it) and the summaries
+    generated at it. Iterating it runs the frames, lazily; it is what the generator's strategy compresses
+    (strategies.Compressible)."""
 
     def __init__(self, generator: StreamingGenerator, frames: Iterable[FrameInput], task: Task,
                  before: Sequence[Event], system_prompt: str | None, prefix_turns: Sequence[Event]):
         self.generator = generator
         self.cache = CacheState(generator.model)
-        self.task, self.system_prompt = task, system_prompt
-        self.knowledge: str | None = None  # the knowledge turn, carried by restarted prompts
+        self.task = task
+        self.context = PromptContext(task.start_state(), system_prompt)
         self.first_user_seen = False
-        self.dst = DstTracker(task.start_state())
+        self.dst = DstTracker(self.context)
         self.compressions = 0
         self.upcoming: FrameInput | None = None
         self.summaries: list[str] = []  # generated by compressions at the current frame
@@ -237,20 +238,20 @@ class Stream(Iterator[FrameRecord]):
         """Generated DST updates that did not parse or fit the state, so far."""
         return self.dst.malformed
 
-    def prompt(self, progress: str | None = None, restart: bool = True) -> list[int]:
+    def prompt(self, restart: bool = True) -> list[int]:
         """The prompt with the tracked DST state, as the builder renders it; a restarted one also carries the
-        progress summary and the knowledge turn seen so far."""
-        return self.generator.builder.prompt_ids(self.task, self.dst.state, progress, self.system_prompt,
-                                                 self.knowledge if restart else None)
+        progress and the knowledge turn seen so far."""
+        return self.generator.builder.context_prompt_ids(self.task, self.context, restart)
 
     def summarize(self) -> str:
         """The layout upstream trains summaries with: the request, the upcoming frame, the summary (with its own
-        length limit)."""
+        length limit). The summary becomes the progress that restarted prompts carry."""
         gen = self.generator
         self.cache.append(gen.summarize_request_ids)
         self.cache.append(gen.builder.frame_ids(), self.upcoming.features())
         summary = gen.decoder.turn(self.cache, "assistant", gen.max_summary_tokens)
         self.summaries.append(summary)
+        self.context.progress = summary
         return summary
 
     @property
@@ -261,9 +262,6 @@ class Stream(Iterator[FrameRecord]):
                 + self.generator.max_summary_tokens + 1)
 
     def take(self, event: Event) -> None:
-        """Follow a fed turn: a DST update (given as context) moves the state, a knowledge turn is kept for
-        restarted prompts."""
-        if event.role == "dst":
-            self.dst.follow(event.updates)
-        elif event.kind == "knowledge":
-            self.knowledge = event.text
+        """Follow a fed turn as training does (PromptContext.advance): a DST update given as context moves the
+        state (it must fit, else TransitionError), a knowledge turn is kept for restarted prompts."""
+        self.context.advance([event])

@@ -27,11 +27,12 @@ class Compressible(Protocol):
     initial_prompt: list[int]  # the prompt the stream started from
     summary_reserve: int  # tokens `summarize` adds to the cache
 
-    def prompt(self, progress: str | None = None) -> list[int]:
-        """A restart's prompt: the tracked DST state, `progress` and the knowledge turn seen so far."""
+    def prompt(self) -> list[int]:
+        """A restart's prompt: the tracked DST state, the progress and the knowledge turn seen so far."""
 
     def summarize(self) -> str:
-        """Ask for a progress summary into the cache ([request][the upcoming frame][summary]); its text."""
+        """Ask for a progress summary into the cache ([request][the upcoming frame][summary]), which becomes the
+        progress restarted prompts carry; its text."""
 
 
 @dataclass
@@ -126,8 +127,8 @@ class SummarizeAndDrop(Strategy):
     position_mode = "rerotate"
 
     def compress(self, stream: Compressible) -> None:
-        summary = stream.summarize()
-        stream.cache.restart(stream.prompt(progress=summary))
+        stream.summarize()
+        stream.cache.restart(stream.prompt())
 
     def extra_reserve(self, stream: Compressible) -> int:
         return stream.summary_reserve
