@@ -71,6 +71,7 @@ def test_perframe_is_what_it_was():
                "callbacks.streaming_validation.dst_threshold": "callbacks.streaming_validation.dst_update_threshold",
                "data.features": "data.feature_store"}
     before = {renamed.get(k, k): v for k, v in leaves(before).items()}
+    assert now["model"]["backbone"].pop("build") is None  # issue #14: model=smolvlm_256m_local builds its backbone
     assert leaves(now) == before
 
 
@@ -80,6 +81,13 @@ def test_runs_are_written_under_the_project_root():
         assert hydra.run.dir.startswith(f"{REPO}/outputs/{task}/"), config
         assert hydra.sweep.dir.startswith(f"{REPO}/multirun/{task}/"), config
         assert not hydra.job.chdir
+
+
+def test_local_smolvlm_256m_builds_under_the_models_folder():
+    m = resolved(["+experiment=perframe", "model=smolvlm_256m_local"])["model"]
+    assert m["backbone"] == {"source": f"{REPO}/models/smolvlm-256m-smollm2", "tiny_dir": f"{REPO}/models/tiny",
+                             "architecture": None, "build": "smollm2", "attn_implementation": "sdpa"}
+    assert (m["tokens_per_frame"], m["net"]["train_connector"], m["lr"]) == (4, True, 2e-4)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -95,12 +103,13 @@ def test_every_model_and_data_choice_composes(experiment):
             assert cfg["optimizer"]["lr"] == m["lr"] and m["tokens_per_frame"] == 16, name
             if model in SMOLVLM:  # the SmolVLM base (model/smolvlm.yaml) with ProAssist's fine-tuning
                 assert m["backbone"] == {"source": SMOLVLM[model], "tiny_dir": f"{REPO}/models/tiny",
-                                         "architecture": None, "attn_implementation": "sdpa"}, name
+                                         "architecture": None, "build": None, "attn_implementation": "sdpa"}, name
                 assert (m["lr"], m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["train_connector"]) == (
                     2e-4, 128, 256, False), name
             else:  # the tiny model, or random weights in real shapes with its tokenizer
                 assert m["backbone"] == {"source": "tiny", "tiny_dir": f"{REPO}/models/tiny",
-                                         "architecture": TINY[model], "attn_implementation": "sdpa"}, name
+                                         "architecture": TINY[model], "build": None,
+                                         "attn_implementation": "sdpa"}, name
                 assert (m["lr"], m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["train_connector"]) == (
                     1e-3, 64, 128, True), name
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name

@@ -16,6 +16,8 @@ from PIL import Image
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate
 from prospect.eval import stream_scores, streaming
+from prospect.eval.content import content_scores
+from prospect.eval.matching import VideoMatch
 from prospect.eval.streaming import StreamedClip, score
 from prospect.eval.text_metrics import text_scores
 from prospect.stream.generator import FrameRecord
@@ -170,6 +172,7 @@ def test_eval_py_on_a_checkpoint(trained, tmp_path):
     assert (out / "dialog.csv").read_text().startswith("setting,clip,kind,")
     assert (out / "plots" / "settings.png").exists() and list((out / "plots").glob("stream_drop_middle_1k_*.png"))
     assert "drop_middle_1k" in result.stdout and "peak_cache_tokens" in result.stdout
+    assert "step_naming_accuracy" in result.stdout and "turn_type_accuracy" in result.stdout
 
 
 def test_checkpoint_refuses_another_base_model(trained, tmp_path):
@@ -236,3 +239,17 @@ def test_calibrate_picks_speaking_then_dst_update_hand_worked(monkeypatch):
     assert len(pairs) == len(set(pairs)) == 5 + 5  # 3 speaking + 2 new DST pairs per setting, none twice
     grid = {(g["speaking_threshold"], g["dst_update_threshold"]): g["f1"] for g in out["none"]["grid"]}
     assert grid == {(0.3, 0.5): 0.6, (0.5, 0.5): 0.8, (0.7, 0.5): 0.7, (0.5, 0.3): 0.8, (0.5, 0.7): 0.8}
+
+
+def test_content_scores_hand_worked():
+    """Four matched pairs: the right step, the wrong colour, the right type but wrong step, a correction answered
+    by an instruction; a pair whose reference is not a synthetic turn counts in neither."""
+    ref = [(1.0, "First, place the red cross."), (2.0, "Next, place the blue circle."),
+           (3.0, "Finally, place the green square."), (4.0, "Careful, the cross should be pink."),
+           (5.0, "Thanks for waiting.")]
+    pred = [(1.0, "First, place the red cross."), (2.0, "Next, place the yellow circle."),
+            (3.0, "Finally, place the pink diamond."), (4.0, "Next, place the pink cross."), (5.0, "Hello.")]
+    match = VideoMatch(pred, ref, pairs=[(k, k, 0.9) for k in range(5)])
+    assert content_scores([match]) == {"step_naming_accuracy": pytest.approx(1 / 3),
+                                       "turn_type_accuracy": pytest.approx(3 / 4)}
+    assert content_scores([VideoMatch(pred[4:], ref[4:], pairs=[(0, 0, 0.9)])]) == {}

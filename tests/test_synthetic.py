@@ -11,7 +11,7 @@ import pytest
 from prospect.data.clip import Clip
 from prospect.data.dst import apply_updates
 from prospect.data.frames import open_frames
-from prospect.data.synthetic import slot_box, synthesize
+from prospect.data.synthetic import SyntheticTurn, read_turn, slot_box, synthesize
 from prospect.data.timebase import frame_at
 
 SIZE = 64  # the default; the determinism tests use 32 to stay fast
@@ -177,3 +177,22 @@ def test_never_generates_into_a_folder_of_other_data(tmp_path):
     with pytest.raises(FileExistsError, match="no synthetic manifest.json"):
         ensure_synthetic(tmp_path, 2, seed=0)
     assert (tmp_path / "train.jsonl").read_text() == "{}\n"
+
+
+def test_every_assistant_turn_reads_back_as_what_it_says(dataset):
+    """read_turn (the content metrics' parser) reads every reply the generator writes: the instructions name the
+    step they start, in order, the last reply says the task is done."""
+    _, clips = dataset
+    kinds = set()
+    for clip in all_clips(clips):
+        replies = [e for e in clip.events if e.role == "assistant"]
+        turns = [read_turn(e.text) for e in replies]
+        assert None not in turns, [e.text for e, t in zip(replies, turns, strict=True) if t is None]
+        instructions = [t for t in turns if t.kind in ("first", "next", "finally")]
+        assert [f"place the {t.colour} {t.shape}" for t in instructions] == [s.name for s in clip.task.steps]
+        assert [t.kind for t in instructions] == ["first", *["next"] * (len(instructions) - 2), "finally"]
+        assert turns[-1].kind == "done"
+        kinds |= {t.kind for t in turns}
+    assert kinds == {"first", "next", "finally", "correction", "done"}
+    assert read_turn("Careful, the cross should be pink.") == SyntheticTurn("correction", "pink", "cross")
+    assert read_turn("Next, place the red.") is None and read_turn("place the red cross") is None

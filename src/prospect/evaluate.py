@@ -79,8 +79,8 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return report
 
 
-_TABLE = ("f1", "precision", "recall", "bleu4", "time_diff", "dst_f1", "dst_state_accuracy", "ms_per_frame",
-          "peak_cache_tokens", "compressions", "frames_beyond_max_positions")
+_TABLE = ("f1", "precision", "recall", "bleu4", "step_naming_accuracy", "turn_type_accuracy", "time_diff", "dst_f1",
+          "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens", "compressions", "frames_beyond_max_positions")
 
 
 def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:

@@ -11,6 +11,7 @@ vision-language model can learn on a CPU in minutes.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,6 +231,32 @@ def _progress(steps: list[_StepPlan], state: dict[str, str]) -> str:
     done = [s.name for s, st in zip(steps, state.values(), strict=True) if st == "completed"]
     doing = [s.name for s, st in zip(steps, state.values(), strict=True) if st == "in_progress"]
     return f"Completed: {', '.join(done) or 'none'}. In progress: {', '.join(doing) or 'none'}."
+
+
+@dataclass(frozen=True)
+class SyntheticTurn:
+    """What an assistant turn of the synthetic tasks says: its type and the piece it names (colour, shape)."""
+
+    kind: str  # first | next | finally | correction | done
+    colour: str | None = None
+    shape: str | None = None
+
+
+_INSTRUCTION = re.compile(r"(First|Next|Finally), place the (\w+) (\w+)\.")
+_CORRECTION = re.compile(r"Careful, the (\w+) should be (\w+)\.")
+_DONE = re.compile(r"All steps are done\. The \w+ board is finished\.")
+
+
+def read_turn(text: str) -> SyntheticTurn | None:
+    """The synthetic phrasing of `text` (as _events writes it), or None when it is not one of them."""
+    text = text.strip()
+    if m := _INSTRUCTION.fullmatch(text):
+        return SyntheticTurn(m[1].lower(), m[2], m[3])
+    if m := _CORRECTION.fullmatch(text):
+        return SyntheticTurn("correction", m[2], m[1])
+    if _DONE.fullmatch(text):
+        return SyntheticTurn("done")
+    return None
 
 
 def _instruction(index: int, steps: list[_StepPlan]) -> str:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from prospect.data.clip import Clip
 from prospect.data.timebase import frame_end_time
+from prospect.eval.content import content_scores
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
 from prospect.eval.matching import Similarity, Turns, VideoMatch, aggregate, match_video, window_for
 from prospect.model.features import FeatureStore
@@ -140,7 +141,7 @@ def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], si
         w = window or window_for(s.clip.dataset)
         dialog.append(match_video(pred, ref, w, s.clip.fps, similarity))
         dst.append(match_video(pred_dst, ref_dst, w, s.clip.fps, update_similarity))
-    metrics = aggregate(dialog)
+    metrics = aggregate(dialog) | content_scores(dialog)
     metrics.update({f"dst_{k}": v for k, v in aggregate(dst, text_metrics=False).items()})
     metrics["dst_state_accuracy"] = state_accuracy(
         [r.dst_state for s in streamed for r in s.records], [st for s in streamed for st in reference_states(s.clip)])

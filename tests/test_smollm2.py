@@ -1,0 +1,88 @@
+"""SmolVLM-256M's language model offline (prospect.model.smollm2), against transformers' own reading of the GGUF
+file: the same logits, a pretrained instruct model's answers, SmolVLM's special tokens as single ids."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import REPO
+from test_sequence import hand_clip
+
+from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START, SequenceBuilder
+from prospect.model import smollm2
+from prospect.model.backbone import load_backbone
+from prospect.model.factory import build_backbone
+
+MODELS = REPO / "models"  # as model=smolvlm_256m_local builds it: one download and one build per checkout
+
+
+@pytest.fixture(scope="session")
+def gguf():
+    return smollm2.fetch_gguf(MODELS)
+
+
+@pytest.fixture(scope="session")
+def local(gguf):
+    """The built model directory and the GGUF model as transformers reads it."""
+    build_backbone("smollm2", MODELS / "smolvlm-256m-smollm2")
+    vlm, tokenizer = load_backbone(str(MODELS / "smolvlm-256m-smollm2"))
+    return vlm.eval(), tokenizer, *smollm2.load_gguf(gguf)
+
+
+def test_the_file_is_fetched_once_and_checked(gguf, tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the file is there")
+
+    monkeypatch.setattr(smollm2.subprocess, "run", no_download)
+    assert smollm2.fetch_gguf(MODELS) == gguf
+    shutil.copy(gguf, tmp_path / smollm2.GGUF_FILE)
+    with open(tmp_path / smollm2.GGUF_FILE, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"\x00\x01")
+    with pytest.raises(smollm2.GgufFileError, match=f"{smollm2.GGUF_FILE}: sha256 .* expected {smollm2.GGUF_SHA256}"):
+        smollm2.fetch_gguf(tmp_path)
+
+
+def test_text_model_logits_equal_the_gguf_model(local):
+    vlm, tokenizer, lm, lm_tokenizer = local
+    text = "To make tea, boil the water, put a tea bag in the cup and pour the water. Then wait three minutes."
+    ids = lm_tokenizer(text, return_tensors="pt").input_ids
+    assert ids[0].tolist() == tokenizer(text, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        expected = lm(ids).logits  # [1, T, 49152]
+        ours = vlm.lm_head(vlm.model.text_model(input_ids=ids).last_hidden_state)  # [1, T, 49280]
+    pad = tokenizer.pad_token_id  # its output row moved to <end_of_utterance> (smollm2's docstring)
+    keep = torch.arange(expected.shape[-1]) != pad
+    torch.testing.assert_close(ours[..., :expected.shape[-1]][..., keep], expected[..., keep], atol=1e-5, rtol=1e-5)
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    torch.testing.assert_close(ours[..., eot], expected[..., pad], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_answer_names_the_step(local):
+    """No frames, no LoRA: the weights are a pretrained instruct model, which answers in its own chat format and
+    ends its turn with SmolVLM's end-of-turn token."""
+    vlm, tokenizer, _, _ = local
+    steps = "1. boil the water\n2. put a tea bag in the cup\n3. pour the water into the cup"
+    prompt = (f"<|im_start|>user\nTo make tea, the steps are:\n{steps}\nWhat is the first step?{END_OF_TURN}\n"
+              "<|im_start|>assistant\n")
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False).input_ids])
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    out = vlm.generate(ids, max_new_tokens=128, do_sample=False, eos_token_id=eot)
+    answer = tokenizer.decode(out[0, ids.shape[1]:])
+    assert "boil the water" in answer.lower() and answer.endswith(END_OF_TURN), answer
+
+
+def test_our_prompts_keep_smolvlm_special_tokens_whole(local):
+    _, tokenizer, _, _ = local
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (GLOBAL_IMAGE, AROUND_IMAGE, IMAGE, END_OF_TURN)}
+    assert ids == {GLOBAL_IMAGE: 49152, AROUND_IMAGE: 49189, IMAGE: 49190, END_OF_TURN: 49279}
+    assert len(tokenizer) == 49280 and tokenizer.pad_token == "<|im_end|>"
+    builder = SequenceBuilder(tokenizer, 4)
+    (seq,) = builder.build(hand_clip())
+    n_frames, n_turns = len(seq.frames), 4  # system, user, DST, assistant
+    count = lambda i: seq.input_ids.count(i)  # noqa: E731
+    assert count(ids[IMAGE]) == 4 * n_frames and count(ids[GLOBAL_IMAGE]) == n_frames
+    assert count(ids[AROUND_IMAGE]) == 2 * n_frames
+    assert count(ids[END_OF_TURN]) == count(tokenizer.convert_tokens_to_ids(TURN_START)) == n_turns
+    # the rendered text tokenizes back to the very ids: no special token is split or merged with text
+    assert tokenizer(tokenizer.decode(seq.input_ids), add_special_tokens=False).input_ids == seq.input_ids
