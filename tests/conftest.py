@@ -111,6 +111,17 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolVLM-256M's language model offline (model=smolvlm_256m_local), built where that config builds it:
+    under models/, one download and one build per checkout."""
+    from prospect.model.factory import build_backbone
+
+    out = REPO / "models" / "smolvlm-256m-smollm2"
+    build_backbone("smollm2", out)
+    return out
 CONF = REPO / "conf"
 # conf/paths resolves under the project root, as train.py and eval.py set it
 if not os.environ.get("PROSPECT_ROOT"):

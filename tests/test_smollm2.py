@@ -11,9 +11,8 @@ from test_sequence import hand_clip
 from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START, SequenceBuilder
 from prospect.model import smollm2
 from prospect.model.backbone import load_backbone
-from prospect.model.factory import build_backbone
 
-MODELS = REPO / "models"  # as model=smolvlm_256m_local builds it: one download and one build per checkout
+MODELS = REPO / "models"  # where model=smolvlm_256m_local fetches the file: one download per checkout
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +21,9 @@ def gguf():
 
 
 @pytest.fixture(scope="session")
-def local(gguf):
-    """The built model directory and the GGUF model as transformers reads it."""
-    build_backbone("smollm2", MODELS / "smolvlm-256m-smollm2")
-    vlm, tokenizer = load_backbone(str(MODELS / "smolvlm-256m-smollm2"))
+def local(gguf, smollm2_dir):
+    """The built model and the GGUF model as transformers reads it."""
+    vlm, tokenizer = load_backbone(str(smollm2_dir))
     return vlm.eval(), tokenizer, *smollm2.load_gguf(gguf)
 
 

@@ -30,6 +30,19 @@ def gen(tiny_dir):
     return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
+@pytest.fixture(params=["tiny", "smollm2"])
+def backbone_dir(request, tiny_dir):
+    """The equivalence tests run on the tiny model and on SmolVLM-256M's pretrained language model (4 tokens per
+    frame from its small vision tower), whose 49k vocabulary and 30 layers the tiny one does not have."""
+    return tiny_dir if request.param == "tiny" else request.getfixturevalue("smollm2_dir")
+
+
+@pytest.fixture
+def any_gen(backbone_dir):
+    vlm, tok = load_backbone(str(backbone_dir))
+    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+
+
 @pytest.fixture
 def clip(tmp_path):
     rng = np.random.default_rng()
@@ -66,7 +79,8 @@ def full_forward(gen, ids, feats, mask=None):
                                           position_ids=torch.arange(len(ids))[None]).last_hidden_state[0]
 
 
-def test_none_equals_one_full_forward(gen, clip):
+def test_none_equals_one_full_forward(any_gen, clip):
+    gen = any_gen
     gen.speaking_threshold = gen.dst_update_threshold = 2.0  # silent: the cache holds exactly prompt + frames + inputs
     records = list(gen.stream(clip))
     prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
@@ -89,7 +103,8 @@ def test_none_equals_one_full_forward(gen, clip):
     assert records[-1].cache_tokens == len(ids) and records[-1].positions == (0, len(ids) - 1)
 
 
-def test_text_only_greedy_equals_model_generate(gen):
+def test_text_only_greedy_equals_model_generate(any_gen):
+    gen = any_gen
     prompt = torch.randint(10, len(gen.tokenizer), (23,)).tolist()
     cache = CacheState(gen.model)  # a fresh cache with the prompt, then greedy decoding (as model.generate would)
     ours = gen.decoder.generate(cache, cache.restart(prompt), max_new_tokens=30)
@@ -103,7 +118,8 @@ def _feed_all(gen, cache, clip, frames):
     return [cache.append(chunks(gen, clip)[f], frame_features(gen, clip, [f])) for f in frames]
 
 
-def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
+def test_keep_equals_full_forward_with_dropped_tokens_masked(any_gen, clip):
+    gen = any_gen
     prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
     cache = CacheState(gen.model)
     cache.restart(prompt)
@@ -123,10 +139,10 @@ def test_keep_equals_full_forward_with_dropped_tokens_masked(gen, clip):
     assert cache.positions.max() == total - 1, "keep continues the original numbering"
 
 
-def test_rerotate_equals_keep_when_dropping_a_prefix(tiny_dir, clip):
+def test_rerotate_equals_keep_when_dropping_a_prefix(backbone_dir, clip):
     results = []
     for rerotate in (False, True):
-        vlm, tok = load_backbone(str(tiny_dir))
+        vlm, tok = load_backbone(str(backbone_dir))
         g = StreamingGenerator(vlm, tok, TPF)
         cache = CacheState(g.model)
         cache.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
