@@ -153,7 +153,9 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(backbone_dir, clip):
         results.append(torch.stack(_feed_all(g, cache, clip, range(25, 30))))
         if rerotate:
             assert cache.positions.tolist() == list(range(90 + sum(len(c) for c in chunks(g, clip)[25:30])))
-    torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+    # float error grows with depth: 30 layers of SmolLM2 with hidden values in the hundreds need more than 4 layers
+    scale = results[0].abs().max().item()
+    torch.testing.assert_close(results[0], results[1], atol=max(1e-4, 1e-5 * scale), rtol=1e-4)
 
 
 def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
