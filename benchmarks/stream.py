@@ -2,7 +2,8 @@
 
     python benchmarks/stream.py [--frames 2000] [--frames-large 600] [--models ...] [--strategies ...] [--json PATH]
 
-For each model (the embedded tiny SmolVLM, and random weights in SmolVLM2-256M's true shapes) and strategy:
+For each model (the embedded tiny SmolVLM, random weights in SmolVLM2-256M's true shapes, and SmolVLM-256M's
+pretrained language model of model=smolvlm_256m_local) and strategy:
 ms per frame over the first and the last 100 frames, peak cache tokens and bytes, peak process RSS, and for
 `none` the speed-up over a naive baseline that re-runs the whole context at frame 500. The stream is silent
 (thresholds above 1), so the per-frame time is the frame's forward pass on the cache; summarize still
@@ -24,12 +25,17 @@ from common import PeakRSS
 
 from prospect.data.synthetic import synthesize
 from prospect.model.backbone import load_backbone
+from prospect.model.factory import build_backbone
 from prospect.stream import StreamingGenerator, make_strategy
 from prospect.stream.cache import bytes_per_token
 
 STRATEGIES = ["none", "drop_all_1k", "drop_middle_1k", "summarize_1k", "dst_state_1k", "sink_recent_1k"]
-MODELS = {"tiny": dict(architecture=None, tokens_per_frame=4), "smolvlm2-256m (random)":
-          dict(architecture="smolvlm2-256m", tokens_per_frame=16)}
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {"tiny": dict(source="tiny", architecture=None, tokens_per_frame=4),
+          "smolvlm2-256m (random)": dict(source="tiny", architecture="smolvlm2-256m", tokens_per_frame=16),
+          # model=smolvlm_256m_local: SmolLM2-135M-Instruct's weights, its small vision tower encodes every frame
+          "smolvlm-256m (SmolLM2)": dict(source=str(REPO / "models" / "smolvlm-256m-smollm2"), build="smollm2",
+                                          architecture=None, tokens_per_frame=4)}
 
 
 def long_video(root: Path, frames: int):
@@ -64,7 +70,9 @@ def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategie
     spec = MODELS[model_name]
     clip = long_video(data_root / model_name.split()[0], frames)
     corpus = [e.text for e in clip.events]
-    vlm, tok = load_backbone("tiny", tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
+    if spec.get("build"):
+        build_backbone(spec["build"], spec["source"])
+    vlm, tok = load_backbone(spec["source"], tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
     gen = StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0)
     features = gen.encode
     if spec["architecture"]:  # encode 8 frames once, then reuse them in turn (see the module docstring)
@@ -106,7 +114,7 @@ def _line(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2000, help="frames of the tiny model's video")
-    parser.add_argument("--frames-large", type=int, default=600, help="frames for the 256M-shaped model")
+    parser.add_argument("--frames-large", type=int, default=600, help="frames for the 256M-shaped models")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--json", type=Path)
