@@ -23,12 +23,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The main job on the embedded default (synthetic data + tiny model, generated on first use): train, then
-# evaluate the best checkpoint by streaming the test split at every setting (thresholds calibrated on val).
+# evaluate the best checkpoint by streaming the test split at every setting (thresholds calibrated on val), and
+# export it (docs/export.md) with those thresholds.
 DEMO := outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: $(STAMP)
 	$(BIN)/python train.py +experiment=perframe hydra.run.dir=$(DEMO)/train
-	$(BIN)/python eval.py hydra.run.dir=$(DEMO)/eval \
-		ckpt_path=$$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/train/metrics.json'))['checkpoint'])")
+	ckpt=$$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/train/metrics.json'))['checkpoint'])") && \
+	$(BIN)/python eval.py hydra.run.dir=$(DEMO)/eval ckpt_path=$$ckpt && \
+	$(BIN)/python -m prospect.export $$ckpt $(DEMO)/model --calibration $(DEMO)/eval/calibration.json
 
 clean:
 	rm -rf $(VENV)

@@ -89,7 +89,7 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
     kwargs = {"max_new_tokens": stream.max_new_tokens, "max_summary_tokens": stream.max_summary_tokens,
               "do_sample": stream.do_sample, "device": cfg.device}
     if cfg.ckpt_path:
-        generator = StreamingGenerator.from_checkpoint(cfg.ckpt_path, **kwargs)
+        generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else generator.run_config["data"]
         return generator, data
     if not cfg.get("data"):

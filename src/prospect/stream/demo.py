@@ -64,7 +64,7 @@ def transcript(generator: StreamingGenerator, clip: Clip, reference: bool = Fals
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prospect.stream.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, help="a training checkpoint or an exported directory")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--clips", type=Path, help="a clips file (JSONL / JSON); streams one of its clips")
     src.add_argument("--video", type=Path, help="a video file (or frames folder / .arrow) with --steps")
@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", nargs="+", default=[], help="the task's step names in order (--video)")
     parser.add_argument("--user", help="what the user says at the start (--video)")
     parser.add_argument("--setting", default="none", help="none or <strategy>_<1k|2k|4k>, e.g. drop_middle_1k")
-    parser.add_argument("--speaking-threshold", type=float, default=0.5)
-    parser.add_argument("--dst-update-threshold", type=float, default=0.5)
+    parser.add_argument("--speaking-threshold", type=float,
+                        help="default: the exported model's calibrated one for --setting, else 0.5")
+    parser.add_argument("--dst-update-threshold", type=float,
+                        help="default: the exported model's calibrated one for --setting, else 0.5")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--reference", action="store_true", help="also print the clip's reference turns")
     args = parser.parse_args(argv)
@@ -90,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.steps:
             parser.error("--video needs the task's --steps")
         clip = video_clip(args.video, args.fps, args.goal, args.steps, args.user)
-    generator = StreamingGenerator.from_checkpoint(
-        str(args.checkpoint), setting=args.setting, speaking_threshold=args.speaking_threshold,
-        dst_update_threshold=args.dst_update_threshold, max_new_tokens=args.max_new_tokens)
+    thresholds = {k: v for k, v in (("speaking_threshold", args.speaking_threshold),
+                                    ("dst_update_threshold", args.dst_update_threshold)) if v is not None}
+    generator = StreamingGenerator.load(str(args.checkpoint), setting=args.setting,
+                                        max_new_tokens=args.max_new_tokens, **thresholds)
     for line in transcript(generator, clip, args.reference):
         print(line, flush=True)
     return 0

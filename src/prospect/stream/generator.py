@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -103,6 +104,30 @@ class StreamingGenerator:
                         make_strategy(setting), system_prompt=ckpt.config["model"].get("system_prompt"), **kwargs)
         generator.run_config = ckpt.config
         return generator
+
+    @classmethod
+    def from_pretrained(cls, path: str, setting: str = "none", *, device: str | torch.device = "cpu",
+                        base: str | None = None, **kwargs) -> StreamingGenerator:
+        """A generator from an exported directory (prospect.model.pretrained: safetensors only, every file
+        checked). The thresholds calibrated for `setting` apply unless `kwargs` give them; `base` replaces the
+        stored base model with a copy of it elsewhere."""
+        from prospect.model.pretrained import load_pretrained
+        from prospect.stream.strategies import make_strategy
+
+        model = load_pretrained(path, device, base)
+        calibrated = model.thresholds(setting) or {}
+        kwargs = {**{f"{k}_threshold": v for k, v in calibrated.items()}, **kwargs}
+        generator = cls(model.vlm, model.tokenizer, model.meta["tokens_per_frame"], model.speaking_head,
+                        model.dst_head, make_strategy(setting), system_prompt=model.meta["system_prompt"], **kwargs)
+        generator.run_config = model.meta["config"]
+        return generator
+
+    @classmethod
+    def load(cls, path: str, setting: str = "none", **kwargs) -> StreamingGenerator:
+        """A trained model from either a training checkpoint (a file) or an exported directory."""
+        if Path(path).is_dir():
+            return cls.from_pretrained(path, setting, **kwargs)
+        return cls.from_checkpoint(path, setting, **kwargs)
 
     @classmethod
     def from_config(cls, cfg: dict, setting: str = "none", *, device: str | torch.device = "cpu",
