@@ -208,6 +208,46 @@ def test_transcript_demo(trained, tmp_path, capsys):
     assert lines[1] == "[00:00.0] user: hi"
 
 
+def test_demo_writes_transcript_and_subtitles(trained, tmp_path, capsys):
+    """A video with the task in a file and user turns at given times, bf16, --out beside the video: the JSON
+    holds every printed turn and the WebVTT cues follow them in time."""
+    from prospect.stream.demo import main
+
+    _, metrics = trained
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(8):  # 4 s at 2 fps
+        Image.new("RGB", (32, 32), (30 * i, 0, 0)).save(frames / f"{i:02d}.png")
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"goal": "build the comet board", "steps": ["place the red circle", "place the blue "
+                                "square"], "user": [{"time": 0, "text": "I want to build the comet board."}]}))
+    assert main([metrics["checkpoint"], "--video", str(frames), "--task", str(task), "--say", "2.2", "done?",
+                 "--speaking-threshold", "0", "--max-new-tokens", "3", "--dtype", "bf16", "--device", "auto",
+                 "--out"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("task: build the comet board (2 steps, 2 fps, 8 frames") and out[0].endswith("bf16)")
+    assert out[1] == "[00:00.0] user: I want to build the comet board."
+    assert "[00:02.0] user: done?" in out  # decided after frame 3 (2.2 s falls in frame 4): shown at its end, 2.0 s
+    report = json.loads((tmp_path / "frames.transcript.json").read_text())
+    assert report["task"]["steps"] == {"S1": "place the red circle", "S2": "place the blue square"}
+    assert report["speaking_threshold"] == 0 and report["setting"] == "none"
+    said = [t for t in report["turns"] if t["role"] == "assistant"]
+    assert len(said) == 8  # threshold 0: a reply after every frame
+    vtt = (tmp_path / "frames.vtt").read_text().split("\n\n")
+    assert vtt[0] == "WEBVTT"
+    cues = [c.splitlines() for c in vtt[1:] if c.strip()]
+    assert len(cues) == len(report["turns"])
+    assert cues[0] == ["1", "00:00:00.000 --> 00:00:00.500", "User: I want to build the comet board."]
+    starts = [c[1].split(" --> ")[0] for c in cues]
+    assert starts == sorted(starts)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"goal": "x", "steps": [{"name": "place"}]}))
+    with pytest.raises(ValueError, match=r"bad.json: steps\[0\] must be a step name"):
+        main([metrics["checkpoint"], "--video", str(frames), "--task", str(bad)])
+    with pytest.raises(ValueError, match="user turn 'late' at 9.0 s is at or after the end of the video"):
+        main([metrics["checkpoint"], "--video", str(frames), "--steps", "a", "--say", "9", "late"])
+
+
 def test_eval_config_takes_other_data():
     from hydra import compose, initialize_config_dir
 

@@ -24,7 +24,7 @@ from prospect.eval.report import (
 )
 from prospect.eval.streaming import calibrate, evaluate
 from prospect.model.features import open_feature_store
-from prospect.stream.generator import StreamingGenerator
+from prospect.stream.generator import StreamingGenerator, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
     """The generator and the data config: a checkpoint brings its model and, unless `data` is given, its data."""
     stream = cfg.stream
     kwargs = {"max_new_tokens": stream.max_new_tokens, "max_summary_tokens": stream.max_summary_tokens,
-              "do_sample": stream.do_sample, "device": cfg.device}
+              "do_sample": stream.do_sample, "device": pick_device(cfg.device)}
     if cfg.ckpt_path:
         generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else generator.run_config["data"]
