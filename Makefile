@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo check-install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,18 @@ demo: $(STAMP)
 	ckpt=$$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/train/metrics.json'))['checkpoint'])") && \
 	$(BIN)/python eval.py hydra.run.dir=$(DEMO)/eval ckpt_path=$$ckpt && \
 	$(BIN)/python -m prospect.export $$ckpt $(DEMO)/model --calibration $(DEMO)/eval/calibration.json
+
+# The package alone (no extras) in a fresh venv, as a user installs it beside other tools: every job module
+# imports, and `python -m prospect.data` synthesizes and validates clips (a missing dependency fails here).
+CHECK_VENV ?= /tmp/prospect-check-install
+check-install:
+	rm -rf $(CHECK_VENV) && $(PY) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/pip install -q torch==2.13.0
+	$(CHECK_VENV)/bin/pip install -q .
+	cd $(CHECK_VENV) && bin/python -c "import prospect.train, prospect.evaluate, prospect.export, prospect.stream.demo" \
+		&& bin/python -m prospect.data synth --out data --videos 2 --image-size 32 \
+		&& bin/python -m prospect.data validate data/train.jsonl data/val.jsonl data/test.jsonl
+	rm -rf $(CHECK_VENV)
 
 clean:
 	rm -rf $(VENV)

@@ -84,3 +84,31 @@ def test_our_prompts_keep_smolvlm_special_tokens_whole(local):
     assert count(ids[END_OF_TURN]) == count(tokenizer.convert_tokens_to_ids(TURN_START)) == n_turns
     # the rendered text tokenizes back to the very ids: no special token is split or merged with text
     assert tokenizer(tokenizer.decode(seq.input_ids), add_special_tokens=False).input_ids == seq.input_ids
+
+
+def test_perframe_local_trains_streams_and_exports(smollm2_dir, tmp_path):
+    """The experiment users run (`+experiment=perframe_local`) shrunk: two training steps with SmolVLM's
+    tokenizer layout, streaming validation of one clip, then the exported adapter streams as the checkpoint."""
+    from itertools import islice
+
+    from conftest import compose_train
+
+    from prospect.data.load import load_clips
+    from prospect.model.factory import load_checkpoint
+    from prospect.model.pretrained import export
+    from prospect.stream import StreamingGenerator
+    from prospect.train import train
+
+    cfg = compose_train(tmp_path, ["+experiment=perframe_local", "trainer.max_epochs=1", "test=false",
+                                   "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1"])
+    metrics = train(cfg)
+    assert metrics["train/loss"] > 0 and "stream/none/f1" in metrics
+    ckpt = load_checkpoint(metrics["checkpoint"])
+    assert ckpt.config["model"]["backbone"]["source"] == str(smollm2_dir)
+    out = export(ckpt, tmp_path / "model")
+    clip = load_clips(tmp_path / "data" / "test.jsonl")[0]
+    kwargs = {"speaking_threshold": 0.0, "max_new_tokens": 3}
+    want = list(islice(StreamingGenerator.from_checkpoint(metrics["checkpoint"], **kwargs).stream(clip), 3))
+    got = list(islice(StreamingGenerator.from_pretrained(str(out), **kwargs).stream(clip), 3))
+    assert [(r.text, r.dst_text) for r in got] == [(r.text, r.dst_text) for r in want]  # test_export: non-empty
+    assert [r.speaking_prob for r in got] == pytest.approx([r.speaking_prob for r in want], abs=1e-5)

@@ -11,12 +11,18 @@ prompts, heads, budgets or the generator.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 from transformers import DynamicCache, SmolVLMForConditionalGeneration
-from transformers.models.llama.modeling_llama import rotate_half
+from transformers.models.llama.modeling_llama import LlamaModel, rotate_half
 
 from prospect.model.vision import embed_with_frames
+
+# transformers 5.24 renamed the models' `past_key_values=` argument to `cache=` (the old name is deprecated until
+# 5.40); before 5.24 an unknown `cache=` is swallowed and the model runs on a cache of its own
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 def cache_length(cache: DynamicCache) -> int:
@@ -86,7 +92,7 @@ class CacheState:
         embeds = embed_with_frames(self.model, input_ids.to(self.device), frame_features)
         mask = torch.ones(1, self.tokens + len(ids), dtype=torch.long, device=self.device)
         out = self.model.model.text_model(inputs_embeds=embeds, attention_mask=mask,
-                                          position_ids=positions[None].to(self.device), cache=self.kv,
+                                          position_ids=positions[None].to(self.device), **{CACHE_ARG: self.kv},
                                           use_cache=True)
         self.positions = torch.cat([self.positions, positions])
         self.token_ids = torch.cat([self.token_ids, input_ids[0]])
