@@ -135,3 +135,12 @@ def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
         digest.update(f"{name}{tuple(t.shape)}{float(flat.double().sum()):.6e}".encode())
         digest.update(flat[:256].numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in blocks (model files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

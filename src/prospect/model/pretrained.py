@@ -16,7 +16,6 @@ SmolVLMForConditionalGeneration.from_pretrained(OUT)) replaces the adapter files
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase, SmolVLMForConditionalGeneration
 
-from prospect.model.backbone import load_backbone
+from prospect.model.backbone import file_sha256, load_backbone
 from prospect.model.factory import Checkpoint, build_model
 from prospect.model.heads import BinaryHead
 
@@ -54,10 +53,6 @@ class Pretrained:
     dst_head: BinaryHead
     meta: dict[str, Any]  # prospect.json
 
-    @property
-    def model_config(self) -> dict[str, Any]:
-        return self.meta["config"]["model"]
-
     def thresholds(self, setting: str) -> dict[str, float] | None:
         """The calibrated thresholds for a stream setting ({"speaking": p, "dst_update": p}), when exported."""
         return self.meta["thresholds"].get(setting)
@@ -71,10 +66,9 @@ def export(ckpt: Checkpoint, out: str | Path, *, merge: bool = False,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     net = ckpt.model
-    trained = {n for n, p in net.named_parameters() if p.requires_grad}
-    extra = {n: p for n, p in net.state_dict().items() if n in trained and n.startswith(_HEADS)}
-    if not merge:  # the merged model holds the connector itself
-        extra |= {n: p for n, p in net.state_dict().items() if n in trained and ".connector." in n}
+    trained = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    # the heads, and the connector when it trained, unless merged: the merged model holds the connector itself
+    extra = {n: p for n, p in trained.items() if n.startswith(_HEADS) or not merge and ".connector." in n}
     save_file({n: t.detach().contiguous().cpu() for n, t in extra.items()}, out / WEIGHTS, metadata={"format": "pt"})
     if merge:
         base_fingerprint = None  # the base model is in `out`
@@ -96,7 +90,7 @@ def export(ckpt: Checkpoint, out: str | Path, *, merge: bool = False,
         "thresholds": {s: {"speaking": c["thresholds"][0], "dst_update": c["thresholds"][1]}
                        for s, c in (calibration or {}).get("settings", {}).items()},
         "config": ckpt.config,
-        "files": {p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != META},
+        "files": {p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != META},
     }
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
     return out
@@ -157,15 +151,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     for name, digest in meta["files"].items():
         if not (path / name).is_file():
             raise PretrainedError(f"{path}: {name} is missing (listed in {META})")
-        if _sha256(path / name) != digest:
+        if file_sha256(path / name) != digest:
             raise PretrainedError(f"{path / name}: sha256 differs from the one in {META}: the file was changed "
                                   "after export")
     return meta
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

