@@ -260,23 +260,26 @@ def test_eval_config_takes_other_data():
 
 def test_calibrate_picks_speaking_then_dst_update_hand_worked(monkeypatch):
     """Two settings over a hand-made grid of scores: speaking first (by dialog F1, DST at its default 0.5), then
-    DST (by DST F1 at that speaking threshold); each pair is streamed once."""
+    DST (by DST F1 at that speaking threshold); each pair is streamed once, each stage in one batched pass."""
     f1 = {"none": {0.3: 0.6, 0.5: 0.8, 0.7: 0.7}, "summarize_1k": {0.3: 0.9, 0.5: 0.5, 0.7: 0.4}}
     dst_f1 = {"none": {(0.5, 0.3): 0.2, (0.5, 0.5): 0.4, (0.5, 0.7): 0.9},
               "summarize_1k": {(0.3, 0.3): 0.8, (0.3, 0.5): 0.1, (0.3, 0.7): 0.3}}
     calls = []
 
-    def fake_evaluate(generator, clips, settings, similarity, thresholds, window, memo, desc):
-        calls.append(dict(thresholds))
-        return {s: SimpleNamespace(metrics={"f1": f1[s][thresholds[s][0]], "dst_f1": dst_f1[s].get(thresholds[s], 0.0)})
-                for s in settings}
+    def fake_stream_runs(generator, clips, runs, memo, desc, batch_size):
+        calls.append(list(runs))
+        return {run: [] for run in runs}
 
-    monkeypatch.setattr(streaming, "evaluate", fake_evaluate)
+    def fake_score(s, thresholds, streamed, similarity, window):
+        return SimpleNamespace(metrics={"f1": f1[s][thresholds[0]], "dst_f1": dst_f1[s].get(thresholds, 0.0)})
+
+    monkeypatch.setattr(streaming, "stream_runs", fake_stream_runs)
+    monkeypatch.setattr(streaming, "score", fake_score)
     out = streaming.calibrate(SimpleNamespace(encode=None), [], ["none", "summarize_1k"], None, [0.3, 0.5, 0.7],
                               [0.3, 0.5, 0.7], default=(0.5, 0.5))
     assert out["none"]["thresholds"] == (0.5, 0.7) and out["summarize_1k"]["thresholds"] == (0.3, 0.3)
-    pairs = [(s, t) for c in calls for s, t in c.items()]
-    assert len(pairs) == len(set(pairs)) == 5 + 5  # 3 speaking + 2 new DST pairs per setting, none twice
+    pairs = [run for c in calls for run in c]
+    assert len(calls) == 2 and len(pairs) == len(set(pairs)) == 5 + 5  # 3 speaking + 2 new DST pairs per setting
     grid = {(g["speaking_threshold"], g["dst_update_threshold"]): g["f1"] for g in out["none"]["grid"]}
     assert grid == {(0.3, 0.5): 0.6, (0.5, 0.5): 0.8, (0.7, 0.5): 0.7, (0.5, 0.3): 0.8, (0.5, 0.7): 0.8}
 

@@ -44,7 +44,7 @@ def test_the_file_is_fetched_once_and_checked(gguf, tmp_path, monkeypatch):
 def test_text_model_logits_equal_the_gguf_model(local):
     vlm, tokenizer, lm, lm_tokenizer = local
     text = "To make tea, boil the water, put a tea bag in the cup and pour the water. Then wait three minutes."
-    ids = lm_tokenizer(text, return_tensors="pt").input_ids
+    ids = lm_tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids  # 5.0 adds a BOS, 5.24 not
     assert ids[0].tolist() == tokenizer(text, add_special_tokens=False).input_ids
     with torch.no_grad():
         expected = lm(ids).logits  # [1, T, 49152]

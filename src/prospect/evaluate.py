@@ -47,13 +47,13 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         cal = cfg.calibration
         val = _clips(datamodule, cal.split, cal.num_clips)
         calibration = calibrate(generator, val, settings, encoder, list(cal.speaking), list(cal.dst_update), thresholds,
-                                window, store)
+                                window, store, cfg.stream.batch_size)
         thresholds = {s: c["thresholds"] for s, c in calibration.items()}
         (out_dir / "calibration.json").write_text(json.dumps(
             {"split": cal.split, "clips": len(val), "encoder": encoder.name, "settings": calibration}, indent=2) + "\n")
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
     results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
-                       store=store)
+                       store=store, batch_size=cfg.stream.batch_size)
     report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_update_threshold": r.thresholds[1],
                   "thresholds_from": f"calibrated on {cfg.calibration.split}" if calibration else "config",
                   "encoder": encoder.name, "split": cfg.split, "checkpoint": cfg.ckpt_path}

@@ -36,14 +36,14 @@ class StreamingValidation(L.Callback):
     def __init__(self, settings: list[str], every_n_epochs: int = 5, num_clips: int = 2,
                  speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5, max_new_tokens: int = 48,
                  max_summary_tokens: int = 128, encoder: str = PACKAGED, window: list[float] | None = None,
-                 dirpath: str = "plots/stream", max_plots: int = 1):
+                 dirpath: str = "plots/stream", max_plots: int = 1, batch_size: int = 1):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.settings, self.every_n_epochs, self.num_clips = list(settings), every_n_epochs, num_clips
         self.thresholds = (speaking_threshold, dst_update_threshold)
         self.max_new_tokens, self.max_summary_tokens, self.encoder_source = max_new_tokens, max_summary_tokens, encoder
         self.window = tuple(window) if window else None
-        self.dirpath, self.max_plots = Path(dirpath), max_plots
+        self.dirpath, self.max_plots, self.batch_size = Path(dirpath), max_plots, batch_size
         self.latest: dict[str, dict[str, float]] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -77,7 +77,8 @@ class StreamingValidation(L.Callback):
         rank, world_size = trainer.global_rank, trainer.world_size
         shard = trainer.datamodule.videos("val")[: self.num_clips][rank::world_size]  # whole videos, as eval.py
         desc = f"streaming validation, epoch {trainer.current_epoch}" + (f", rank {rank}" if world_size > 1 else "")
-        return _in_clip_order(stream_clips(generator, shard, self.settings, self.thresholds, desc=desc), world_size)
+        return _in_clip_order(stream_clips(generator, shard, self.settings, self.thresholds, desc=desc,
+                                                batch_size=self.batch_size), world_size)
 
     def _score(self, trainer: L.Trainer, streamed: dict[str, list[StreamedClip]]) -> dict[str, dict[str, float]]:
         """Scores every setting and reports: table, plots, stream_metrics.json, wandb."""

@@ -10,8 +10,11 @@ before the first frame are context the stream is given, not reference.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -25,8 +28,10 @@ from prospect.eval.content import content_scores
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
 from prospect.eval.matching import Similarity, Turns, VideoMatch, aggregate, match_video, window_for
 from prospect.model.features import FeatureStore
-from prospect.stream.generator import FrameRecord, StreamingGenerator
-from prospect.stream.strategies import make_strategy
+from prospect.stream.batch import stream_batched
+from prospect.stream.cache import CacheState
+from prospect.stream.generator import FrameRecord, Stream, StreamingGenerator, StreamOptions
+from prospect.stream.strategies import Strategy, make_strategy
 
 Thresholds = tuple[float, float]  # (speaking, dst_update)
 
@@ -73,59 +78,84 @@ class SettingResult:
 
 class FeatureMemo:
     """Frame features [1, tokens_per_frame, H] per (clip, frame), computed once: by the generator's vision path,
-    or read from a feature store (python -m prospect.data features) when one is given."""
+    or read from a feature store (python -m prospect.data features) when one is given. Streams of one batch ask
+    from their own threads: one computes a frame, the others wait for it."""
 
     def __init__(self, generator: StreamingGenerator, store: FeatureStore | None = None):
-        self.source, self.computed = store or generator.encode, {}
+        self.source, self.computed, self.lock = store or generator.encode, {}, threading.Lock()
 
     def __call__(self, clip: Clip, frame: int) -> Tensor:
         key = (clip.frames_path, frame)  # the dialogs of one video share its frames
-        if key not in self.computed:
-            self.computed[key] = self.source(clip, frame)
-        return self.computed[key]
+        with self.lock:
+            if key not in self.computed:
+                self.computed[key] = self.source(clip, frame)
+            return self.computed[key]
 
     def forget(self, clip: Clip) -> None:
-        self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.frames_path}
+        with self.lock:
+            self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.frames_path}
+
+
+Run = tuple[str, Thresholds]  # a streaming setting and its (speaking, dst_update) thresholds
 
 
 def evaluate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
              similarity: Similarity, thresholds: Thresholds | Mapping[str, Thresholds],
              window: tuple[float, float] | None = None, memo: FeatureMemo | None = None,
-             desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, SettingResult]:
+             desc: str = "streaming", store: FeatureStore | None = None, batch_size: int = 1
+             ) -> dict[str, SettingResult]:
     """Stream every clip at every setting (stream_clips) and score each setting; `window` (seconds) overrides
     the per-dataset windows."""
     per_setting = _per_setting(thresholds, settings)
-    streamed = stream_clips(generator, clips, settings, per_setting, memo, desc, store)
+    streamed = stream_clips(generator, clips, settings, per_setting, memo, desc, store, batch_size)
     return {s: score(s, per_setting[s], streamed[s], similarity, window) for s in settings}
 
 
 def stream_clips(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
                  thresholds: Thresholds | Mapping[str, Thresholds], memo: FeatureMemo | None = None,
-                 desc: str = "streaming", store: FeatureStore | None = None) -> dict[str, list[StreamedClip]]:
-    """Stream every clip at every setting (a progress bar counts frames), unscored: {setting: one StreamedClip
-    per clip, in clip order}, so that ranks can stream shards of the clips and score them together.
-    `thresholds` is one (speaking, dst_update) pair or one per setting; a given `memo` is kept (reuse it across
-    calls on the same clips); otherwise frame features come from `store` when given, else from the vision
-    encoder."""
+                 desc: str = "streaming", store: FeatureStore | None = None, batch_size: int = 1
+                 ) -> dict[str, list[StreamedClip]]:
+    """Stream every clip at every setting, unscored: {setting: one StreamedClip per clip, in clip order}, so that
+    ranks can stream shards of the clips and score them together. `thresholds` is one (speaking, dst_update)
+    pair or one per setting; for the rest see stream_runs."""
     per_setting = _per_setting(thresholds, settings)
+    streamed = stream_runs(generator, clips, [(s, per_setting[s]) for s in settings], memo, desc, store, batch_size)
+    return {s: streamed[s, per_setting[s]] for s in settings}
+
+
+def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequence[Run],
+                memo: FeatureMemo | None = None, desc: str = "streaming", store: FeatureStore | None = None,
+                batch_size: int = 1) -> dict[Run, list[StreamedClip]]:
+    """Stream every clip at every run (setting and thresholds), `batch_size` streams at a time
+    (stream.batch.stream_batched; one progress bar counts frames): {run: one StreamedClip per clip, in clip
+    order}. A given `memo` is kept (reuse it across calls on the same clips); otherwise frame features come
+    from `store` when given, else from the vision encoder, and a video's are forgotten once its last stream ends."""
     shared = memo is not None  # the caller keeps it (and forgets nothing)
     memo = memo if shared else FeatureMemo(generator, store)
-    streamed: dict[str, list[StreamedClip]] = {s: [] for s in settings}
-    with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(settings), desc=desc, unit="frame",
+    jobs = [(clip, run) for clip in clips for run in runs]  # clip by clip: few videos' features held at once
+    left = Counter(clip.frames_path for clip, _ in jobs)  # streams still to end, per video
+    starts = [partial(_start, generator, clip, memo, make_strategy(setting), thresholds)
+              for clip, (setting, thresholds) in jobs]
+    records: list[list[FrameRecord]] = [[] for _ in jobs]
+    streamed: dict[Run, list[StreamedClip | None]] = {run: [None] * len(clips) for run in runs}
+    with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(runs), desc=desc, unit="frame",
               leave=False) as bar:
-        for k, clip in enumerate(clips):
-            for setting in settings:
-                generator.strategy = make_strategy(setting)
-                generator.speaking_threshold, generator.dst_update_threshold = per_setting[setting]
-                records, stream = [], generator.stream(clip, memo)
-                for record in stream:
-                    records.append(record)
-                    bar.update()
-                streamed[setting].append(StreamedClip(clip, records, stream.malformed_dst))
-            following = clips[k + 1] if k + 1 < len(clips) else None
-            if not shared and (following is None or following.frames_path != clip.frames_path):
-                memo.forget(clip)  # kept while the next clip is another dialog of the same video
+        for i, stream, record in stream_batched(generator, starts, batch_size):
+            if record is not None:
+                records[i].append(record)
+                bar.update()
+                continue
+            clip, run = jobs[i]
+            streamed[run][i // len(runs)] = StreamedClip(clip, records[i], stream.malformed_dst)
+            left[clip.frames_path] -= 1
+            if not shared and not left[clip.frames_path]:
+                memo.forget(clip)
     return streamed
+
+
+def _start(generator: StreamingGenerator, clip: Clip, features: FeatureMemo, strategy: Strategy,
+           thresholds: Thresholds, cache: CacheState) -> Stream:
+    return generator.stream(clip, features, StreamOptions(strategy, *thresholds, cache=cache))
 
 
 def _per_setting(thresholds: Thresholds | Mapping[str, Thresholds], settings: Sequence[str]) -> dict[str, Thresholds]:
@@ -180,27 +210,25 @@ def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
 
 def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
               similarity: Similarity, speaking: Sequence[float], dst_update: Sequence[float], default: Thresholds,
-              window: tuple[float, float] | None = None, store: FeatureStore | None = None) -> dict[str, dict]:
+              window: tuple[float, float] | None = None, store: FeatureStore | None = None, batch_size: int = 1
+              ) -> dict[str, dict]:
     """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
-    threshold with the best DST F1 at that speaking threshold (frame features from `store` when given).
+    threshold with the best DST F1 at that speaking threshold (frame features from `store` when given). Every
+    speaking threshold of every setting streams in one batched pass, then every DST threshold.
     Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_update_threshold", "f1",
     "dst_f1"}, ...]}}."""
     memo = FeatureMemo(generator, store)
     grid: dict[str, dict[Thresholds, dict]] = {s: {} for s in settings}
 
-    def run(per_setting: dict[str, Thresholds]) -> None:
-        todo = {s: t for s, t in per_setting.items() if t not in grid[s]}
-        if todo:
-            results = evaluate(generator, clips, list(todo), similarity, todo, window, memo,
-                               desc="calibrating " + " ".join(f"{t[0]:g}/{t[1]:g}" for t in set(todo.values())))
-            for s, r in results.items():
-                grid[s][todo[s]] = r.metrics
+    def run(runs: list[Run], what: str) -> None:
+        todo = [(s, t) for s, t in runs if t not in grid[s]]
+        streamed = stream_runs(generator, clips, todo, memo, f"calibrating {what}", batch_size=batch_size)
+        for (s, t), clips_streamed in streamed.items():
+            grid[s][t] = score(s, t, clips_streamed, similarity, window).metrics
 
-    for p in speaking:
-        run(dict.fromkeys(settings, (p, default[1])))
+    run([(s, (p, default[1])) for p in speaking for s in settings], "speaking")
     best_speaking = {s: max(speaking, key=lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in settings}
-    for d in dst_update:
-        run({s: (best_speaking[s], d) for s in settings})
+    run([(s, (best_speaking[s], d)) for d in dst_update for s in settings], "DST updates")
     out = {}
     for s in settings:
         best_dst = max(dst_update, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])

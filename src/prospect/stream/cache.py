@@ -1,21 +1,29 @@
-"""The KV cache of one stream and all surgery on it, on transformers 5.x's `DynamicCache`
-(`cache.layers[i].keys / .values`, each [batch, kv_heads, seq, head_dim]). Release differences stay in this module.
+"""The KV caches of the streams and all surgery on them (docs/design.md, Batched streaming).
+
+A `KVStore` holds the keys and values of one or more streams, one row each, in one buffer per layer
+([rows, kv_heads, capacity, head_dim]); a row's tokens sit at its columns 0..length-1 in cache order. One forward
+pass appends a chunk of tokens to any number of rows: each row's chunk goes to that row's next columns, the
+chunks right-padded to the longest, under a 4D mask by which every token sees its row's cached tokens and the
+earlier tokens of its chunk only. Pad tokens land past the row's length, where its next chunk overwrites them.
+Nothing is copied per step but the new tokens, whatever the batch. The store is the cache transformers' attention
+layers call `update` on (the subset of `transformers.Cache` that LlamaModel uses, the same from 5.0 to 5.24).
 
 transformers caches keys *after* RoPE. Dropping cached tokens therefore leaves the kept keys at their original
 positions: either new tokens continue that numbering (`keep`), or the kept keys are re-rotated to contiguous
 positions (`rerotate`, as StreamingLLM does), which keeps positions bounded on endless streams.
 
-`CacheState` is what the compression strategies act on. It runs the model to append tokens, but knows nothing of
-prompts, heads, budgets or the generator.
+`CacheState` is one stream's row and what the compression strategies act on. It runs the model to append tokens,
+but knows nothing of prompts, heads, budgets, the generator or the other rows.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, SmolVLMForConditionalGeneration
+from transformers import SmolVLMForConditionalGeneration
 from transformers.models.llama.modeling_llama import LlamaModel, rotate_half
 
 from prospect.model.vision import embed_with_frames
@@ -24,50 +32,127 @@ from prospect.model.vision import embed_with_frames
 # 5.40); before 5.24 an unknown `cache=` is swallowed and the model runs on a cache of its own
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
-
-def cache_length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
-
-
-def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes held by keys and values: 2 x layers x kv_heads x head_dim x tokens x bytes per value."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers if layer.keys is not None
-               for t in (layer.keys, layer.values))
+Chunk = tuple[Tensor, Tensor]  # (embeddings [n, H], positions [n]) to append to one row
 
 
 def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, bytes_per_value: int) -> int:
     return 2 * num_layers * kv_heads * head_dim * bytes_per_value
 
 
-def keep_tokens(cache: DynamicCache, index: Tensor) -> None:
-    """Keep only the cached tokens at `index` (a 1D LongTensor of cache slots, in order), in every layer."""
-    for layer in cache.layers:
-        if layer.keys is not None and layer.keys.numel():
-            layer.keys = layer.keys.index_select(-2, index.to(layer.keys.device))
-            layer.values = layer.values.index_select(-2, index.to(layer.values.device))
+class KVStore:
+    """Keys and values of `rows` streams, one row each (see the module docstring)."""
+
+    def __init__(self, model: SmolVLMForConditionalGeneration, rows: int = 1, capacity: int = 256):
+        self.model = model
+        text = model.config.text_config
+        weight = next(model.parameters())
+        shape = (rows, text.num_key_value_heads, capacity, text.head_dim)
+        self.keys = [weight.new_zeros(shape) for _ in range(text.num_hidden_layers)]
+        self.values = [weight.new_zeros(shape) for _ in range(text.num_hidden_layers)]
+        self.lengths = [0] * rows  # cached tokens per row
+        self.token_bytes = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
+                                           weight.element_size())
+        self._step: tuple[Tensor | None, Tensor, int] | None = None  # during forward: rows, write columns, kv length
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[-2]
+
+    @torch.no_grad()
+    def forward(self, chunks: Mapping[int, Chunk]) -> dict[int, Tensor]:
+        """Append each row's chunk {row: (embeddings [n, H], positions [n])} in one forward pass of the text model;
+        {row: the chunk's last hidden states [n, H]}."""
+        rows = sorted(chunks)
+        lengths = torch.tensor([self.lengths[r] for r in rows])  # [B]
+        sizes = [len(chunks[r][0]) for r in rows]
+        n = max(sizes)
+        kv_length = int(lengths.max()) + n
+        self._grow(kv_length)
+        embeds = torch.stack([torch.nn.functional.pad(chunks[r][0], (0, 0, 0, n - len(chunks[r][0]))) for r in rows])
+        # pad tokens repeat the last position: never seen by a real token, they only must not fail RoPE
+        positions = torch.stack([torch.cat([p, p[-1:].expand(n - len(p))]) for p in (chunks[r][1] for r in rows)])
+        columns = lengths[:, None] + torch.arange(n)  # [B, n] where each row's chunk is written
+        device = self.keys[0].device
+        mask = self._mask(torch.arange(kv_length) <= columns[..., None]).to(device)  # [B, 1, n, kv]
+        index = None if rows == list(range(len(self.lengths))) else torch.tensor(rows, device=device)
+        self._step = (index, columns.to(device), kv_length)
+        try:
+            out = self.model.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask,
+                                              position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self})
+        finally:
+            self._step = None
+        for r, s in zip(rows, sizes, strict=True):
+            self.lengths[r] += s
+        return {r: out.last_hidden_state[i, :s] for i, (r, s) in enumerate(zip(rows, sizes, strict=True))}
+
+    def _mask(self, allowed: Tensor) -> Tensor:
+        """[B, n, kv] bool (True: attend) as the model's attention implementation takes a 4D mask."""
+        implementation = self.model.config.text_config._attn_implementation
+        if implementation == "sdpa":
+            return allowed[:, None]
+        if implementation == "eager":
+            dtype = self.keys[0].dtype
+            return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        raise ValueError(f"streaming needs an attention implementation that takes a 4D mask (sdpa or eager), "
+                         f"the model uses {implementation}: load it with attn_implementation=sdpa")
+
+    def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        """transformers' Cache.update, called by each attention layer inside `forward`: write the chunk's keys and
+        values [B, kv_heads, n, head_dim] at the rows' next columns; the keys and values to attend over."""
+        index, columns, kv_length = self._step
+        rows = torch.arange(len(self.lengths), device=columns.device) if index is None else index
+        for store, new in ((self.keys[layer_idx], keys), (self.values[layer_idx], values)):
+            store[rows[:, None], :, columns] = new.transpose(1, 2).to(store.dtype)  # [B, n, kv_heads, head_dim]
+        k, v = self.keys[layer_idx][..., :kv_length, :], self.values[layer_idx][..., :kv_length, :]
+        return (k, v) if index is None else (k[index], v[index])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """What transformers numbers new tokens from when no positions are given (ours always are)."""
+        return max(self.lengths)
+
+    def _grow(self, columns: int) -> None:
+        if columns <= self.capacity:
+            return
+        extra = max(columns, 2 * self.capacity) - self.capacity
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, extra))  # noqa: E731
+        self.keys, self.values = [pad(t) for t in self.keys], [pad(t) for t in self.values]
+
+    def keep(self, row: int, index: Tensor) -> None:
+        """Keep only the row's cached tokens at `index` (1D, in order) at its first columns, in every layer."""
+        index = index.to(self.keys[0].device)
+        for t in self.keys + self.values:
+            t[row, :, :len(index)] = t[row].index_select(-2, index)
+        self.lengths[row] = len(index)
+
+    def rerotate(self, row: int, shift: Tensor, rotary_emb: torch.nn.Module) -> None:
+        """Move each of the row's cached keys by `shift[j]` positions (1D, one entry per cached token; negative
+        moves earlier) with the model's own rotary embedding: RoPE(p + d) = rotation by d applied to RoPE(p)."""
+        n = self.lengths[row]
+        for t in self.keys:
+            keys = t[row, :, :n]  # [kv_heads, n, head_dim]
+            cos, sin = rotary_emb(keys, shift.to(keys.device)[None])  # [1, n, head_dim]
+            t[row, :, :n] = keys * cos.to(keys.dtype) + rotate_half(keys) * sin.to(keys.dtype)
+
+    def clear(self, row: int) -> None:
+        self.lengths[row] = 0
 
 
-def rerotate_keys(cache: DynamicCache, shift: Tensor, rotary_emb: torch.nn.Module) -> None:
-    """Move every cached key by `shift[j]` positions (1D, one entry per cached token; negative moves earlier)
-    with the model's own rotary embedding: RoPE(p + d) = rotation by d applied to RoPE(p)."""
-    for layer in cache.layers:
-        if layer.keys is None or not layer.keys.numel():
-            continue
-        keys = layer.keys
-        cos, sin = rotary_emb(keys, shift.to(keys.device)[None])  # [1, seq, head_dim]
-        cos, sin = cos[:, None].to(keys.dtype), sin[:, None].to(keys.dtype)  # [1, 1, seq, head_dim]
-        layer.keys = keys * cos + rotate_half(keys) * sin
+Runner = Callable[[int, Tensor, Tensor], Tensor]  # (row, embeddings [n, H], positions [n]) -> hidden [n, H]
 
 
 class CacheState:
-    """One stream's DynamicCache with, per cached token, its position and token id. Positions are explicit, so
-    that after a drop new tokens either continue the numbering or the kept keys move: they never collide."""
+    """One stream's row of a KVStore with, per cached token, its position and token id. Positions are explicit, so
+    that after a drop new tokens either continue the numbering or the kept keys move: they never collide.
+    `run` performs the forward passes; by default the store runs each one at once, a batch runner
+    (stream/batch.py) gathers those of all its streams into one."""
 
-    def __init__(self, model: SmolVLMForConditionalGeneration):
+    def __init__(self, model: SmolVLMForConditionalGeneration, store: KVStore | None = None, row: int = 0,
+                 run: Runner | None = None):
         self.model = model
+        self.store, self.row = store or KVStore(model), row
+        self.run: Runner = run or (lambda r, embeds, positions: self.store.forward({r: (embeds, positions)})[r])
         self.device = next(model.parameters()).device
         self.max_positions = model.config.text_config.max_position_embeddings
-        self.kv = DynamicCache()
         self.positions = torch.zeros(0, dtype=torch.long)  # [T] position of each cached token
         self.token_ids = torch.zeros(0, dtype=torch.long)  # [T] and its token id (for inspection and tests)
         self.prefix = torch.zeros(0, dtype=torch.long)  # cache slots of the prefix that drop_middle keeps
@@ -77,33 +162,32 @@ class CacheState:
 
     @property
     def tokens(self) -> int:
-        return cache_length(self.kv)
+        return self.store.lengths[self.row]
 
     @property
     def nbytes(self) -> int:
-        return cache_bytes(self.kv)
+        """Bytes the cached keys and values take (2 x layers x kv_heads x head_dim x tokens x bytes per value)."""
+        return self.tokens * self.store.token_bytes
 
-    @torch.no_grad()
     def append(self, ids: list[int], frame_features: Tensor | None = None) -> Tensor:
         """Run `ids` (frame features [F, tokens_per_frame, H] in their `<image>` slots) through the text model
         onto the cache, at the next positions; the last hidden state [H]."""
         input_ids = torch.tensor([ids])  # [1, n]
         positions = torch.arange(self.next_position, self.next_position + len(ids))
-        embeds = embed_with_frames(self.model, input_ids.to(self.device), frame_features)
-        mask = torch.ones(1, self.tokens + len(ids), dtype=torch.long, device=self.device)
-        out = self.model.model.text_model(inputs_embeds=embeds, attention_mask=mask,
-                                          position_ids=positions[None].to(self.device), **{CACHE_ARG: self.kv},
-                                          use_cache=True)
+        with torch.no_grad():
+            embeds = embed_with_frames(self.model, input_ids.to(self.device), frame_features)[0]  # [n, H]
+        hidden = self.run(self.row, embeds, positions)
         self.positions = torch.cat([self.positions, positions])
         self.token_ids = torch.cat([self.token_ids, input_ids[0]])
         self.next_position += len(ids)
         if self.next_position > self.max_positions and self.first_beyond is None:
             self.first_beyond = self.next_position
-        return out.last_hidden_state[0, -1]
+        return hidden[-1]
 
     def restart(self, ids: list[int]) -> Tensor:
         """An empty cache (no prefix either) holding only `ids`, at positions 0..; the last hidden state [H]."""
-        self.kv, self.next_position = DynamicCache(), 0
+        self.store.clear(self.row)
+        self.next_position = 0
         self.positions, self.token_ids = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         self.prefix = torch.zeros(0, dtype=torch.long)
         return self.append(ids)
@@ -121,7 +205,7 @@ class CacheState:
         if len(index) == n:
             return
         self.prefix = torch.isin(index, self.prefix).nonzero()[:, 0]  # where the kept prefix now sits
-        keep_tokens(self.kv, index)
+        self.store.keep(self.row, index)
         self.positions, self.token_ids = self.positions[index], self.token_ids[index]
 
     def rerotate(self) -> None:
@@ -129,5 +213,5 @@ class CacheState:
         target = torch.arange(self.tokens)
         if torch.equal(target, self.positions):  # already contiguous from 0: nothing moves
             return
-        rerotate_keys(self.kv, target - self.positions, self.model.model.text_model.rotary_emb)
+        self.store.rerotate(self.row, target - self.positions, self.model.model.text_model.rotary_emb)
         self.positions, self.next_position = target, len(target)

@@ -160,7 +160,8 @@ class StreamingGenerator:
             return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size).to(self.device),
                                  self.tokens_per_frame)
 
-    def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None) -> Stream:
+    def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None,
+               options: StreamOptions | None = None) -> Stream:
         """`clip` as a Stream of per-frame records. `features(clip, frame)` may supply precomputed frame features
         [1, tokens_per_frame, H] instead of running the vision encoder. The clip's own system prompt replaces
         ours; summary requests and answers in the file are the reference's, never fed."""
@@ -172,16 +173,18 @@ class StreamingGenerator:
                              [e for e in fed.get(f, []) if e.role in INPUT_ROLES])  # the reference's turns never
                   for f in clip.frame_indices)
         return self.stream_frames(frames, clip.task, before, clip.system_prompt,
-                                  [e for e in clip.events if e is first_user or e.kind == "knowledge"])
+                                  [e for e in clip.events if e is first_user or e.kind == "knowledge"], options)
 
     def stream_frames(self, frames: Iterable[FrameInput], task: Task, before: Sequence[Event] = (),
-                      system_prompt: str | None = None, prefix_turns: Sequence[Event] = ()) -> Stream:
+                      system_prompt: str | None = None, prefix_turns: Sequence[Event] = (),
+                      options: StreamOptions | None = None) -> Stream:
         """Any frame source (a clip, a video file, a camera) as a Stream of per-frame records: `before` holds the
         turns decided before the first frame (context: fed, DST updates applied), each FrameInput the user or
         system turns decided after its frame. `system_prompt` replaces ours; `prefix_turns` are the turns that
         will join the prefix drop_middle keeps (first user turn, knowledge), so the room it leaves is checked
-        when the stream starts. Nothing runs before the first record is asked for."""
-        return Stream(self, frames, task, before, system_prompt, prefix_turns)
+        when the stream starts. `options` set this stream's strategy, thresholds or cache (else the generator's
+        apply). Nothing runs before the first record is asked for."""
+        return Stream(self, frames, task, before, system_prompt, prefix_turns, options or StreamOptions())
 
     @property
     def room(self) -> int:
@@ -200,7 +203,7 @@ class StreamingGenerator:
         # drop_middle's prefix: the prompt with the task, what precedes frame 0, the first user turn, the knowledge
         cache.extend_prefix(0, cache.tokens)
         stream.first_user_seen = any(e.role == "user" for e in before)
-        self.strategy.check_room(cache.tokens + sum(len(self.builder.turn_ids(e)) for e in prefix_turns
+        stream.strategy.check_room(cache.tokens + sum(len(self.builder.turn_ids(e)) for e in prefix_turns
                                                     if e not in before), self.room)
         for item in frames:
             yield self._frame(stream, item)
@@ -212,7 +215,7 @@ class StreamingGenerator:
         stream.upcoming, stream.summaries = item, []
         turns = [self.builder.turn_ids(e) for e in item.events]
         chunk = self.builder.frame_ids() + [t for ids in turns for t in ids]
-        if self.strategy.make_room(stream, len(chunk) + 2 * self.turn_reserve):  # a DST update and a reply at most
+        if stream.strategy.make_room(stream, len(chunk) + 2 * self.turn_reserve):  # a DST update and a reply at most
             stream.compressions += 1
         slot = cache.tokens + len(self.builder.frame_ids())
         hidden = cache.append(chunk, item.features())  # [H]
@@ -220,16 +223,16 @@ class StreamingGenerator:
             if e.kind == "knowledge" or e.role == "user" and not stream.first_user_seen:
                 stream.first_user_seen = stream.first_user_seen or e.role == "user"
                 cache.extend_prefix(slot, slot + len(ids))
-                self.strategy.check_room(len(cache.prefix), self.room)
+                stream.strategy.check_room(len(cache.prefix), self.room)
             stream.take(e)
             slot += len(ids)
         speaking = float(torch.sigmoid(self.speaking_head(hidden)))
         dst = float(torch.sigmoid(self.dst_head(hidden)))
-        dst_text = self.decoder.turn(cache, "dst") if dst >= self.dst_update_threshold else ""
+        dst_text = self.decoder.turn(cache, "dst") if dst >= stream.dst_update_threshold else ""
         if dst_text:
             stream.dst.apply(dst_text)
-        text = self.decoder.turn(cache, "assistant") if speaking >= self.speaking_threshold else ""
-        self._warn_positions(cache)
+        text = self.decoder.turn(cache, "assistant") if speaking >= stream.speaking_threshold else ""
+        self._warn_positions(stream)
         return FrameRecord(
             time=item.time, frame=item.index, speaking_prob=speaking, dst_update_prob=dst, text=text, dst_text=dst_text,
             dst_state=dict(stream.context.state), cache_tokens=cache.tokens, cache_bytes=cache.nbytes,
@@ -237,26 +240,42 @@ class StreamingGenerator:
             beyond_max_positions=cache.next_position > cache.max_positions, compressions=stream.compressions,
             ms=(time.perf_counter() - start) * 1e3, summaries=stream.summaries)
 
-    def _warn_positions(self, cache: CacheState) -> None:
+    def _warn_positions(self, stream: Stream) -> None:
         """Once per generator: positions went past the model's max_position_embeddings."""
+        cache = stream.cache
         if cache.first_beyond is not None and not self._warned_positions:
             self._warned_positions = True
-            warnings.warn(f"streaming with {self.strategy.name}: positions reached {cache.first_beyond}, past the "
+            warnings.warn(f"streaming with {stream.strategy.name}: positions reached {cache.first_beyond}, past the "
                           f"model's max_position_embeddings ({cache.max_positions}); the model was never trained "
                           "there (use a strategy that re-numbers positions, or a shorter video)", stacklevel=2)
 
 
+@dataclass
+class StreamOptions:
+    """What may differ between the streams of one generator; None: the generator's."""
+
+    strategy: Strategy | None = None
+    speaking_threshold: float | None = None
+    dst_update_threshold: float | None = None
+    cache: CacheState | None = None  # e.g. a row of a KVStore that other streams share (stream/batch.py)
+
+
 class Stream(Iterator[FrameRecord]):
-    """One video through a generator: its cache, task, what a restarted prompt carries (the PromptContext of
-    training: system prompt, tracked DST state, progress, knowledge turn), whether the first user turn was seen,
-    the compressions so far, the frame about to be fed (a summary is answered after it) and the summaries
-    generated at it. Iterating it runs the frames, lazily; it is what the generator's strategy compresses
-    (strategies.Compressible)."""
+    """One video through a generator: its strategy and thresholds, its cache, task, what a restarted prompt
+    carries (the PromptContext of training: system prompt, tracked DST state, progress, knowledge turn), whether
+    the first user turn was seen, the compressions so far, the frame about to be fed (a summary is answered after
+    it) and the summaries generated at it. Iterating it runs the frames, lazily; it is what its strategy
+    compresses (strategies.Compressible)."""
 
     def __init__(self, generator: StreamingGenerator, frames: Iterable[FrameInput], task: Task,
-                 before: Sequence[Event], system_prompt: str | None, prefix_turns: Sequence[Event]):
+                 before: Sequence[Event], system_prompt: str | None, prefix_turns: Sequence[Event],
+                 options: StreamOptions):
         self.generator = generator
-        self.cache = CacheState(generator.model)
+        self.strategy = options.strategy or generator.strategy
+        self.speaking_threshold, self.dst_update_threshold = (
+            getattr(generator, name) if getattr(options, name) is None else getattr(options, name)
+            for name in ("speaking_threshold", "dst_update_threshold"))
+        self.cache = options.cache or CacheState(generator.model)
         self.task = task
         self.context = PromptContext(task.start_state(), system_prompt)
         self.first_user_seen = False

@@ -1,0 +1,99 @@
+"""Batched streaming against streaming each video alone: videos of different lengths, each with its own strategy
+budget use, thresholds and generated turns, give the same records (decisions, text, DST, compressions, cache)
+and head probabilities within 1e-4, for every strategy. Tiny model, fp32, random frames."""
+
+import dataclasses
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prospect.data.clip import Clip, Event, Step, Task, Video
+from prospect.data.frames import write_arrow_frames
+from prospect.model.backbone import load_backbone
+from prospect.stream import StreamingGenerator
+from prospect.stream.batch import stream_batched
+from prospect.stream.generator import StreamOptions
+from prospect.stream.strategies import DropAll, DropMiddle, DstStateRefresh, NoCompression, SinkRecent, SummarizeAndDrop
+
+TPF = 4
+STRATEGIES = [NoCompression(), DropAll(budget=300), DropMiddle(budget=360, keep_recent=80),
+              SinkRecent(budget=300, keep_recent=80), SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_dir):
+    vlm, tok = load_backbone(str(tiny_dir))
+    torch.manual_seed(0)
+    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Three videos of 40, 27 and 16 frames, with user turns at different frames."""
+    root, rng = tmp_path_factory.mktemp("batch"), np.random.default_rng()
+    task = Task(steps=[Step("S1", "place the red circle"), Step("S2", "place the blue square")],
+                initial_state={"S1": "not_started", "S2": "not_started"})
+    out = []
+    for k, (n, asks) in enumerate([(40, [1, 19]), (27, [3]), (16, [0, 5, 11])]):
+        write_arrow_frames(root / "frames" / f"v{k}.arrow",
+                           (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)))
+        out.append(Clip(id=f"v{k}/0", video=Video(f"frames/v{k}.arrow", 2.0, 0, n), root=root, task=task,
+                        events=[Event("user", f / 2 + 0.2, f, f"What next at {f}?") for f in asks]))
+    return out
+
+
+def features(gen):
+    """Each frame encoded once, shared by the streams of its clip."""
+    memo = {}
+
+    def get(clip, f):
+        if (clip.id, f) not in memo:
+            memo[clip.id, f] = gen.encode(clip, f)
+        return memo[clip.id, f]
+    return get
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+def test_batched_equals_alone(gen, clips, strategy):
+    """Six streams at batch 4 (rows are reused as streams end): each clip speaking where its speaking head
+    passes its median probability (over a silent pass), or writing DST updates where that head does."""
+    feats = features(gen)
+    silent = [list(gen.stream(c, feats, StreamOptions(strategy, 2.0, 2.0))) for c in clips]
+    median = lambda records, key: float(np.median([getattr(r, key) for r in records]))  # noqa: E731
+    jobs = [(clip, options) for clip, records in zip(clips, silent, strict=True)
+            for options in (StreamOptions(strategy, median(records, "speaking_prob"), 2.0),
+                            StreamOptions(strategy, 2.0, median(records, "dst_update_prob")))]
+    alone = [list(gen.stream(clip, feats, options)) for clip, options in jobs]
+    batched: list[list] = [[] for _ in jobs]
+    starts = [partial(lambda clip, options, cache: gen.stream(clip, feats, dataclasses.replace(options, cache=cache)),
+                      clip, options) for clip, options in jobs]
+    for i, _, record in stream_batched(gen, starts, batch_size=4):
+        if record is not None:
+            batched[i].append(record)
+    for text, records in (("text", alone[0::2]), ("dst_text", alone[1::2])):  # every stream speaks; not always
+        assert all(any(getattr(r, text) for r in rs) for rs in records)
+        assert not all(getattr(r, text) for rs in records for r in rs)
+    if strategy.budget:
+        assert all(records[-1].compressions >= 1 for records in alone[:2])
+    for i, (ours, ref) in enumerate(zip(batched, alone, strict=True)):
+        assert len(ours) == len(ref) == len(jobs[i][0].frame_indices)
+        for a, b in zip(ours, ref, strict=True):
+            assert (a.speaking_prob, a.dst_update_prob) == pytest.approx((b.speaking_prob, b.dst_update_prob), abs=1e-4)
+            exact = ("frame", "text", "dst_text", "dst_state", "cache_tokens", "positions", "compressions", "summaries")
+            assert [getattr(a, k) for k in exact] == [getattr(b, k) for k in exact], (i, a.frame)
+
+
+def test_an_error_in_one_stream_stops_the_batch(gen, clips):
+    """A budget too small for one stream's prefix: raised to the caller, the other streams' threads end."""
+    feats = features(gen)
+    too_small = DropMiddle(budget=150, keep_recent=80)
+    starts = [lambda cache, c=c, s=s: gen.stream(c, feats, StreamOptions(strategy=s, cache=cache))
+              for c, s in [(clips[0], NoCompression()), (clips[1], too_small), (clips[2], NoCompression())]]
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match="budget of 150 tokens"):
+        list(stream_batched(gen, starts, batch_size=3))
+    assert threading.active_count() == threads
