@@ -4,14 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo check-install clean
+.PHONY: install test lint demo check-install constraints clean
 
-$(STAMP): pyproject.toml
+# pyproject states the ranges we support; constraints.txt the exact versions CI tests (`make constraints`).
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch first, pinned: the CPU build lies on disk; an open range would pull a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev,sweep,slurm]'
+	$(BIN)/pip install -c constraints.txt -e '.[dev,sweep,slurm]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +44,16 @@ check-install:
 		&& bin/python -m prospect.data synth --out data --videos 2 --image-size 32 \
 		&& bin/python -m prospect.data validate data/train.jsonl data/val.jsonl data/test.jsonl
 	rm -rf $(CHECK_VENV)
+
+# Renew constraints.txt after a range in pyproject moves: what a fresh install resolves today (torch aside,
+# pinned above), for CI to test.
+LOCK_VENV ?= /tmp/prospect-constraints
+constraints:
+	rm -rf $(LOCK_VENV) && $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q torch==2.13.0
+	$(LOCK_VENV)/bin/pip install -q '.[dev,sweep,slurm]'
+	$(LOCK_VENV)/bin/pip freeze | grep -v -e '^torch==' -e '^prospect' > constraints.txt
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV)

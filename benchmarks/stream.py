@@ -1,6 +1,8 @@
-"""Streaming speed and memory per compression strategy, on a long synthetic video.
+"""Streaming speed and memory per compression strategy, on a long synthetic video; or, with --batch-sizes,
+the throughput of batched streaming.
 
     python benchmarks/stream.py [--frames 2000] [--frames-large 600] [--models ...] [--strategies ...] [--json PATH]
+    python benchmarks/stream.py --batch-sizes 1,4,8,16 [--videos 8] [--videos-large 2] [--models ...] [--json PATH]
 
 For each model (the embedded tiny SmolVLM, random weights in SmolVLM2-256M's true shapes, and SmolVLM-256M's
 pretrained language model of model=smolvlm_256m_local) and strategy:
@@ -9,6 +11,12 @@ ms per frame over the first and the last 100 frames, peak cache tokens and bytes
 (thresholds above 1), so the per-frame time is the frame's forward pass on the cache; summarize still
 generates its summaries. The 256M model's SigLIP at 512 px costs about 2 s per frame on 2 CPU cores whatever
 the strategy, so that model reuses 8 encoded frames in turn: its times are the text model's.
+
+--batch-sizes: synthetic task videos of the demo's kind stream at the four settings eval.py uses, as
+eval.py runs them (stream_batched, every video x setting a stream), once per batch size, on the same
+precomputed frame features (the vision encoder is not timed). Per model and batch size: frames per second
+over all streams, the speed-up over batch 1 of the same run, and the largest difference of a head probability
+from batch 1 (the generated records must otherwise be equal, or the run fails).
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ from prospect.data.synthetic import synthesize
 from prospect.model.backbone import load_backbone
 from prospect.model.factory import build_backbone
 from prospect.stream import StreamingGenerator, make_strategy
+from prospect.stream.batch import stream_batched
 from prospect.stream.cache import bytes_per_token
+from prospect.stream.generator import StreamOptions
 
 STRATEGIES = ["none", "drop_all_1k", "drop_middle_1k", "summarize_1k", "dst_state_1k", "sink_recent_1k"]
+EVAL_SETTINGS = ["none", "drop_middle_1k", "summarize_1k", "dst_state_1k"]  # conf/stream/val_default.yaml
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"tiny": dict(source="tiny", architecture=None, tokens_per_frame=4),
+          "tiny (demo, 16 tokens/frame)": dict(source="tiny", architecture=None, tokens_per_frame=16),
           "smolvlm2-256m (random)": dict(source="tiny", architecture="smolvlm2-256m", tokens_per_frame=16),
           # model=smolvlm_256m_local: SmolLM2-135M-Instruct's weights, its small vision tower encodes every frame
           "smolvlm-256m (SmolLM2)": dict(source=str(REPO / "models" / "smolvlm-256m-smollm2"), build="smollm2",
@@ -66,22 +78,31 @@ def naive_ms(gen: StreamingGenerator, prompt: list[int], clip, frame: int, featu
     return statistics.median(times)
 
 
-def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategies: list[str]) -> list[dict]:
+def silent_generator(model_name: str, tiny_dir: Path, corpus: list[str]) -> StreamingGenerator:
+    """The model with untrained heads and thresholds above 1: every stream is silent."""
     spec = MODELS[model_name]
-    clip = long_video(data_root / model_name.split()[0], frames)
-    corpus = [e.text for e in clip.events]
     if spec.get("build"):
         build_backbone(spec["build"], spec["source"])
     vlm, tok = load_backbone(spec["source"], tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
-    gen = StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0)
-    features = gen.encode
-    if spec["architecture"]:  # encode 8 frames once, then reuse them in turn (see the module docstring)
-        with torch.no_grad():
-            pool = [gen.encode(clip, f) for f in range(8)]
-        features = lambda c, f: pool[f % len(pool)]  # noqa: E731
-    text = vlm.config.text_config
+    return StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0)
+
+
+def frame_features(model_name: str, gen: StreamingGenerator, clip):
+    """The vision path, or for the 256M shapes 8 encoded frames reused in turn (see the module docstring)."""
+    if not MODELS[model_name]["architecture"]:
+        return gen.encode
+    with torch.no_grad():
+        pool = [gen.encode(clip, f) for f in range(8)]
+    return lambda c, f: pool[f % len(pool)]
+
+
+def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategies: list[str]) -> list[dict]:
+    clip = long_video(data_root / model_name.split()[0], frames)
+    gen = silent_generator(model_name, tiny_dir, [e.text for e in clip.events])
+    features = frame_features(model_name, gen, clip)
+    text = gen.model.config.text_config
     per_token = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
-                                torch.finfo(vlm.dtype).bits // 8)
+                                torch.finfo(gen.model.dtype).bits // 8)
     rows = []
     for setting in strategies:
         gen.strategy = make_strategy(setting)
@@ -103,6 +124,41 @@ def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategie
     return rows
 
 
+def throughput(model_name: str, videos: int, batch_sizes: list[int], tiny_dir: Path, data_root: Path) -> list[dict]:
+    """Frames per second of eval.py's streams (every video at every EVAL_SETTINGS) at each batch size."""
+    clips = synthesize(data_root / f"batch-{model_name.split()[0]}", videos, seed=0, val_videos=0,
+                       test_videos=0)["train"]
+    gen = silent_generator(model_name, tiny_dir, [e.text for c in clips for e in c.events])
+    encode = frame_features(model_name, gen, clips[0])
+    with torch.no_grad():
+        memo = {(c.id, f): encode(c, f) for c in clips for f in c.frame_indices}
+    jobs = [(c, s) for c in clips for s in EVAL_SETTINGS]
+    rows, reference = [], None
+    for batch_size in batch_sizes:
+        starts = [lambda cache, c=c, s=s: gen.stream(c, lambda clip, f: memo[clip.id, f],
+                                                      StreamOptions(make_strategy(s), cache=cache)) for c, s in jobs]
+        records = [[] for _ in jobs]
+        start = time.perf_counter()
+        for i, _, record in stream_batched(gen, starts, batch_size):
+            if record is not None:
+                records[i].append(record)
+        seconds = time.perf_counter() - start
+        flat = [r for rs in records for r in rs]
+        reference = reference or flat
+        same = ("frame", "text", "dst_text", "dst_state", "cache_tokens", "positions", "compressions", "summaries")
+        if [[getattr(r, k) for k in same] for r in flat] != [[getattr(r, k) for k in same] for r in reference]:
+            raise AssertionError(f"{model_name}: batch {batch_size} streamed other records than batch 1")
+        diff = max(abs(getattr(a, k) - getattr(b, k)) for a, b in zip(flat, reference, strict=True)
+                   for k in ("speaking_prob", "dst_update_prob"))
+        row = {"model": model_name, "batch_size": batch_size, "streams": len(jobs), "frames": len(flat),
+               "seconds": seconds, "frames_per_s": len(flat) / seconds, "max_prob_diff": diff}
+        row["speedup_vs_batch_1"] = row["frames_per_s"] / (rows[0]["frames_per_s"] if rows else row["frames_per_s"])
+        rows.append(row)
+        print(f"| {model_name} | {batch_size} | {len(jobs)} | {len(flat)} | {seconds:.1f} | "
+              f"{row['frames_per_s']:.1f} | {row['speedup_vs_batch_1']:.2f}x | {diff:.1e} |", flush=True)
+    return rows
+
+
 def _line(row: dict) -> str:
     speedup = f"{row['speedup_vs_naive_at_500']:.1f}x" if "speedup_vs_naive_at_500" in row else "-"
     ratio = row["ms_last_100"] / row["ms_first_100"]
@@ -115,18 +171,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2000, help="frames of the tiny model's video")
     parser.add_argument("--frames-large", type=int, default=600, help="frames for the 256M-shaped models")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(m for m in MODELS if "demo" not in m))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--batch-sizes", help="measure batched streaming throughput at these batch sizes, e.g. 1,8")
+    parser.add_argument("--videos", type=int, default=8, help="videos for the tiny model's throughput")
+    parser.add_argument("--videos-large", type=int, default=2, help="videos for the 256M-shaped models' throughput")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.batch_sizes:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        if sizes[0] != 1:
+            parser.error("--batch-sizes must start with 1 (the reference the others are compared with)")
+        print("| model | batch size | streams | frames | seconds | frames/s | speed-up vs batch 1 | max prob diff |")
+        print("|---|---|---|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [row for name in args.models.split(",") for row in throughput(
+                name, args.videos if name.startswith("tiny") else args.videos_large, sizes, Path(tmp) / "tiny",
+                Path(tmp) / "data")]
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return
     print("| model | strategy | frames | ms/frame first 100 | ms/frame last 100 | last/first | peak cache tokens "
           "| peak cache MB | peak RSS MB | compressions | speed-up vs naive at 500 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            frames = args.frames if name == "tiny" else args.frames_large
+            frames = args.frames if name.startswith("tiny") else args.frames_large
             rows += run(name, frames, Path(tmp) / "tiny", Path(tmp) / "data", args.strategies.split(","))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -97,3 +97,20 @@ def test_an_error_in_one_stream_stops_the_batch(gen, clips):
     with pytest.raises(ValueError, match="budget of 150 tokens"):
         list(stream_batched(gen, starts, batch_size=3))
     assert threading.active_count() == threads
+
+
+def test_eager_attention_streams_as_sdpa(gen, clips, tiny_dir):
+    """The store's 4D mask is additive for both implementations it accepts; others are refused by name."""
+    vlm, tok = load_backbone(str(tiny_dir), attn_implementation="eager")
+    eager = StreamingGenerator(vlm, tok, TPF, gen.speaking_head, gen.dst_head, max_new_tokens=6)
+    feats = features(gen)
+    options = StreamOptions(DropMiddle(budget=360, keep_recent=80), 0.0, 2.0)
+    ref = list(gen.stream(clips[1], feats, options))
+    starts = [lambda cache: eager.stream(clips[1], feats, dataclasses.replace(options, cache=cache))] * 2
+    ours = sorted(((i, r) for i, _, r in stream_batched(eager, starts, batch_size=2) if r is not None),
+                  key=lambda item: item[0])  # stable: each stream's records in order
+    assert [(r.frame, r.text, r.cache_tokens) for _, r in ours] == [(r.frame, r.text, r.cache_tokens) for r in ref] * 2
+    assert [r.speaking_prob for _, r in ours] == pytest.approx([r.speaking_prob for r in ref] * 2, abs=1e-4)
+    vlm.config.text_config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="4D mask .* uses flash_attention_2"):
+        next(eager.stream(clips[1], feats))

@@ -63,3 +63,18 @@ def test_unknown_weights_are_refused(trained, tmp_path):
                                    f"ckpt_path={tmp_path / 'unknown.ckpt'}"])
     with pytest.raises(CheckpointError, match="weights that this model does not have"):
         train(cfg)
+
+
+def test_a_checkpoint_from_before_the_renames_loads_under_the_new_names(trained, tmp_path):
+    """Checkpoints written before issue #13's renames (data.features, loss.dst_weight, stream.dst_threshold)."""
+    _, metrics = trained
+    ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
+    config = ckpt["prospect_config"]
+    config["data"]["features"] = config["data"].pop("feature_store")
+    config["loss"]["dst_weight"] = config["loss"].pop("dst_update_weight")
+    config["stream"]["dst_threshold"] = config["stream"].pop("dst_update_threshold")
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.warns(UserWarning, match=r"old.ckpt: written before data.features was renamed data.feature_store"):
+        loaded = load_checkpoint(tmp_path / "old.ckpt")
+    current = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)["prospect_config"]
+    assert loaded.config == current

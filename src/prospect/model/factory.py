@@ -7,6 +7,7 @@ Checkpoints are read with `torch.load(..., weights_only=True)`: they hold tensor
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ def build_backbone(recipe: str, out_dir: str | Path) -> None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """The model a training checkpoint was trained as: rebuilt from its stored config, checked, weights loaded."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt["prospect_config"]
+    config = _current_names(ckpt["prospect_config"], path)
     backbone = config["model"]["backbone"]
     if backbone["source"] == "tiny" and not (Path(backbone["tiny_dir"]) / "config.json").exists():
         raise CheckpointError(f"{path}: trained on the tiny model at {backbone['tiny_dir']}, which is not there; "
@@ -69,6 +70,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     check_checkpoint(ckpt, model, path, backbone)
     model.load_state_dict(_trained_weights(ckpt), strict=False)
     return Checkpoint(model.to(device), tokenizer, config)
+
+
+# config keys renamed since checkpoints were first written (issue #13: one meaning per name), same values
+RENAMED = {("data", "features"): "feature_store", ("loss", "dst_weight"): "dst_update_weight",
+           ("stream", "dst_threshold"): "dst_update_threshold"}
+
+
+def _current_names(config: dict, path: str | Path) -> dict:
+    """An older checkpoint's config under today's key names, each rename said in a warning."""
+    for (group, old), new in RENAMED.items():
+        section = config.get(group) or {}
+        if old in section:
+            warnings.warn(f"{path}: written before {group}.{old} was renamed {group}.{new}; read as {group}.{new}",
+                          stacklevel=3)
+            section[new] = section.pop(old)
+    return config
 
 
 def check_checkpoint(ckpt: Mapping[str, Any], model: ProspectModel, source: str | Path | None,

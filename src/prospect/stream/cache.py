@@ -86,11 +86,10 @@ class KVStore:
         return {r: out.last_hidden_state[i, :s] for i, (r, s) in enumerate(zip(rows, sizes, strict=True))}
 
     def _mask(self, allowed: Tensor) -> Tensor:
-        """[B, n, kv] bool (True: attend) as the model's attention implementation takes a 4D mask."""
+        """[B, n, kv] bool (True: attend) as the additive 4D mask [B, 1, n, kv] that eager attention adds and sdpa
+        takes as is (a bool mask it would convert in every layer)."""
         implementation = self.model.config.text_config._attn_implementation
-        if implementation == "sdpa":
-            return allowed[:, None]
-        if implementation == "eager":
+        if implementation in ("sdpa", "eager"):
             dtype = self.keys[0].dtype
             return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
         raise ValueError(f"streaming needs an attention implementation that takes a 4D mask (sdpa or eager), "
