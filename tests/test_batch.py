@@ -57,16 +57,23 @@ def features(gen):
     return get
 
 
+def between(records, key: str) -> float:
+    """A threshold halfway between two of the probabilities next to their median, at least 1e-3 from both: a
+    threshold within float rounding of a probability (as the median itself is) could decide either way."""
+    p = sorted(getattr(r, key) for r in records)
+    k = min((k for k in range(len(p) - 1) if p[k + 1] - p[k] > 2e-3), key=lambda k: abs(k - len(p) // 2))
+    return (p[k] + p[k + 1]) / 2
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
 def test_batched_equals_alone(gen, clips, strategy):
     """Six streams at batch 4 (rows are reused as streams end): each clip speaking where its speaking head
-    passes its median probability (over a silent pass), or writing DST updates where that head does."""
+    passes about its median probability (over a silent pass), or writing DST updates where that head does."""
     feats = features(gen)
     silent = [list(gen.stream(c, feats, StreamOptions(strategy, 2.0, 2.0))) for c in clips]
-    median = lambda records, key: float(np.median([getattr(r, key) for r in records]))  # noqa: E731
     jobs = [(clip, options) for clip, records in zip(clips, silent, strict=True)
-            for options in (StreamOptions(strategy, median(records, "speaking_prob"), 2.0),
-                            StreamOptions(strategy, 2.0, median(records, "dst_update_prob")))]
+            for options in (StreamOptions(strategy, between(records, "speaking_prob"), 2.0),
+                            StreamOptions(strategy, 2.0, between(records, "dst_update_prob")))]
     alone = [list(gen.stream(clip, feats, options)) for clip, options in jobs]
     batched: list[list] = [[] for _ in jobs]
     starts = [partial(lambda clip, options, cache: gen.stream(clip, feats, dataclasses.replace(options, cache=cache)),
