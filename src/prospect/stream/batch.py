@@ -22,6 +22,7 @@ from prospect.stream.cache import CacheState, Chunk, KVStore
 from prospect.stream.generator import FrameRecord, Stream, StreamingGenerator
 
 StartStream = Callable[[CacheState], Stream]  # a stream on the given cache (StreamOptions.cache)
+SHORT_CHUNK = 4  # tokens: a generated token or a turn header, run apart from frames and prompts
 
 
 class _Closed(Exception):
@@ -60,7 +61,12 @@ class _Rendezvous:
             return asked
 
     def answer(self, asked: dict[int, Chunk]) -> None:
-        self.answers.update(self.store.forward(asked))
+        """Short chunks (a generated token, a turn header) and long ones (a frame, a prompt) run in separate
+        passes: padded to the longest chunk, a generated token would pay for a frame's worth of attention."""
+        short = {row: chunk for row, chunk in asked.items() if len(chunk[0]) <= SHORT_CHUNK}
+        for group in (short, {row: chunk for row, chunk in asked.items() if row not in short}):
+            if group:
+                self.answers.update(self.store.forward(group))
         for row in asked:
             self.answered[row].set()
 
