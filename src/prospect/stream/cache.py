@@ -52,7 +52,8 @@ class KVStore:
         self.lengths = [0] * rows  # cached tokens per row
         self.token_bytes = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
                                            weight.element_size())
-        self._step: tuple[Tensor | None, Tensor, int] | None = None  # during forward: rows, write columns, kv length
+        # during forward: the rows [B], whether they are a subset, their write columns [B, n], the kv length
+        self._step: tuple[Tensor, bool, Tensor, int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -74,8 +75,8 @@ class KVStore:
         columns = lengths[:, None] + torch.arange(n)  # [B, n] where each row's chunk is written
         device = self.keys[0].device
         mask = self._mask(torch.arange(kv_length) <= columns[..., None]).to(device)  # [B, 1, n, kv]
-        index = None if rows == list(range(len(self.lengths))) else torch.tensor(rows, device=device)
-        self._step = (index, columns.to(device), kv_length)
+        subset = rows != list(range(len(self.lengths)))  # a pass over some rows gathers their cache
+        self._step = (torch.tensor(rows, device=device), subset, columns.to(device), kv_length)
         try:
             out = self.model.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask,
                                               position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self})
@@ -98,12 +99,11 @@ class KVStore:
     def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """transformers' Cache.update, called by each attention layer inside `forward`: write the chunk's keys and
         values [B, kv_heads, n, head_dim] at the rows' next columns; the keys and values to attend over."""
-        index, columns, kv_length = self._step
-        rows = torch.arange(len(self.lengths), device=columns.device) if index is None else index
+        rows, subset, columns, kv_length = self._step
         for store, new in ((self.keys[layer_idx], keys), (self.values[layer_idx], values)):
             store[rows[:, None], :, columns] = new.transpose(1, 2).to(store.dtype)  # [B, n, kv_heads, head_dim]
         k, v = self.keys[layer_idx][..., :kv_length, :], self.values[layer_idx][..., :kv_length, :]
-        return (k, v) if index is None else (k[index], v[index])
+        return (k[rows], v[rows]) if subset else (k, v)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """What transformers numbers new tokens from when no positions are given (ours always are)."""

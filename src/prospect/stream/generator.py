@@ -272,9 +272,10 @@ class Stream(Iterator[FrameRecord]):
                  options: StreamOptions):
         self.generator = generator
         self.strategy = options.strategy or generator.strategy
-        self.speaking_threshold, self.dst_update_threshold = (
-            getattr(generator, name) if getattr(options, name) is None else getattr(options, name)
-            for name in ("speaking_threshold", "dst_update_threshold"))
+        self.speaking_threshold = (generator.speaking_threshold if options.speaking_threshold is None
+                                   else options.speaking_threshold)
+        self.dst_update_threshold = (generator.dst_update_threshold if options.dst_update_threshold is None
+                                     else options.dst_update_threshold)
         self.cache = options.cache or CacheState(generator.model)
         self.task = task
         self.context = PromptContext(task.start_state(), system_prompt)
