@@ -73,7 +73,7 @@ def test_perframe_is_what_it_was():
     before = {renamed.get(k, k): v for k, v in leaves(before).items()}
     assert now["model"]["backbone"].pop("build") is None  # issue #14: model=smolvlm_256m_local builds its backbone
     # issue #16: streaming evaluation runs streams in batches
-    assert now["stream"].pop("batch_size") == now["callbacks"]["streaming_validation"].pop("batch_size") == 1
+    assert now["stream"].pop("batch_size") == now["callbacks"]["streaming_validation"].pop("batch_size") == 8
     assert leaves(now) == before
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from prospect.data.sequence import SequenceBuilder
 from prospect.data.splits import whole_videos
 from prospect.data.timebase import frame_at
 from prospect.eval.dst_metrics import reference_states
-from prospect.eval.streaming import StreamedClip, reference_events, score
+from prospect.eval.streaming import StreamedClip, reference_events, score, stream_runs
 from prospect.model.backbone import load_backbone
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 
@@ -269,6 +270,38 @@ def test_positions_past_the_models_maximum_are_reported(tiny_dir, files):
     assert 0 < beyond < len(records)
     m = score("none", (0.5, 0.5), [StreamedClip(clip, records, 0)], _exact).metrics
     assert m["frames_beyond_max_positions"] == beyond
+
+
+def test_dialogs_of_one_video_stream_batched_as_alone(tiny_dir, files):
+    """The three dialogs of one video (knowledge, a summary request) and the DST clip (state given before the
+    first frame), each speaking at every frame or writing a DST update at every frame, at batch 3 (the dialogs
+    of one video in flight together) equal batch 1; every frame is encoded once though its video's features are
+    forgotten when its last stream ends."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    gen = StreamingGenerator(vlm, tok, 1, max_new_tokens=3)
+    clips = _load(files["l0"]) + _load(files["dst"])
+    encoded = Counter()
+
+    def encode(clip, frame):
+        encoded[clip.frames_path, frame] += 1
+        return StreamingGenerator.encode(gen, clip, frame)
+    gen.encode = encode
+    runs = [("none", (0.0, 2.0)), ("drop_middle_1k", (2.0, 0.0))]
+    alone = stream_runs(gen, clips, runs, batch_size=1)
+    assert set(encoded.values()) == {1}
+    encoded.clear()
+    batched = stream_runs(gen, clips, runs, batch_size=3)
+    assert set(encoded.values()) == {1} and len(encoded) == len({(c.frames_path, f) for c in clips
+                                                                 for f in c.frame_indices})
+    exact = ("frame", "text", "dst_text", "dst_state", "cache_tokens", "positions", "compressions")
+    for run in runs:
+        for a, b in zip(alone[run], batched[run], strict=True):
+            assert [[getattr(r, k) for k in exact] for r in a.records] == [[getattr(r, k) for k in exact]
+                                                                           for r in b.records], (run, a.clip.id)
+            assert [r.speaking_prob for r in a.records] == pytest.approx([r.speaking_prob for r in b.records],
+                                                                         abs=1e-4)
+    assert all(r.text for s in alone[runs[0]] for r in s.records)
+    assert all(r.dst_text for s in alone[runs[1]] if s.clip.task.steps for r in s.records)
 
 
 def _train_and_eval(tmp_path, data: list[str], run: str):

@@ -10,7 +10,6 @@ before the first frame are context the stream is given, not reference.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,22 +77,19 @@ class SettingResult:
 
 class FeatureMemo:
     """Frame features [1, tokens_per_frame, H] per (clip, frame), computed once: by the generator's vision path,
-    or read from a feature store (python -m prospect.data features) when one is given. Streams of one batch ask
-    from their own threads: one computes a frame, the others wait for it."""
+    or read from a feature store (python -m prospect.data features) when one is given."""
 
     def __init__(self, generator: StreamingGenerator, store: FeatureStore | None = None):
-        self.source, self.computed, self.lock = store or generator.encode, {}, threading.Lock()
+        self.source, self.computed = store or generator.encode, {}
 
     def __call__(self, clip: Clip, frame: int) -> Tensor:
         key = (clip.frames_path, frame)  # the dialogs of one video share its frames
-        with self.lock:
-            if key not in self.computed:
-                self.computed[key] = self.source(clip, frame)
-            return self.computed[key]
+        if key not in self.computed:
+            self.computed[key] = self.source(clip, frame)
+        return self.computed[key]
 
     def forget(self, clip: Clip) -> None:
-        with self.lock:
-            self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.frames_path}
+        self.computed = {k: v for k, v in self.computed.items() if k[0] != clip.frames_path}
 
 
 Run = tuple[str, Thresholds]  # a streaming setting and its (speaking, dst_update) thresholds

@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
-from transformers import SmolVLMForConditionalGeneration
+from transformers import AttentionInterface, SmolVLMForConditionalGeneration
+from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.llama.modeling_llama import LlamaModel, rotate_half
 
 from prospect.model.vision import embed_with_frames
@@ -33,6 +34,23 @@ from prospect.model.vision import embed_with_frames
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 Chunk = tuple[Tensor, Tensor]  # (embeddings [n, H], positions [n]) to append to one row
+ATTENTION = "prospect_kvstore"  # the attention the store's passes run, whatever the model was loaded with
+
+
+def _attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor,
+               scaling: float, **kwargs) -> tuple[Tensor, None]:
+    """sdpa under the store's additive mask. transformers' sdpa repeats every cached key and value for each query
+    head when there is a mask (a copy of the whole cache per layer and pass, most of a batched pass on a CPU);
+    torch's GQA reads them in place, on a CPU. CUDA's fast kernels take no masked GQA, so there they are repeated."""
+    gqa = query.device.type == "cpu"
+    if not gqa:
+        key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None  # [B, n, heads, head_dim]
+
+
+AttentionInterface.register(ATTENTION, _attention)
 
 
 def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, bytes_per_value: int) -> int:
@@ -73,28 +91,23 @@ class KVStore:
         # pad tokens repeat the last position: never seen by a real token, they only must not fail RoPE
         positions = torch.stack([torch.cat([p, p[-1:].expand(n - len(p))]) for p in (chunks[r][1] for r in rows)])
         columns = lengths[:, None] + torch.arange(n)  # [B, n] where each row's chunk is written
-        device = self.keys[0].device
-        mask = self._mask(torch.arange(kv_length) <= columns[..., None]).to(device)  # [B, 1, n, kv]
+        device, dtype = self.keys[0].device, self.keys[0].dtype
+        # additive [B, 1, n, kv]: each token sees its row's cache and the earlier tokens of its chunk
+        allowed = torch.arange(kv_length) <= columns[..., None]
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
         subset = rows != list(range(len(self.lengths)))  # a pass over some rows gathers their cache
         self._step = (torch.tensor(rows, device=device), subset, columns.to(device), kv_length)
+        text_model = self.model.model.text_model
+        loaded, text_model.config._attn_implementation = text_model.config._attn_implementation, ATTENTION
         try:
-            out = self.model.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask,
-                                              position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self})
+            out = text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
+                             position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self})
         finally:
             self._step = None
+            text_model.config._attn_implementation = loaded
         for r, s in zip(rows, sizes, strict=True):
             self.lengths[r] += s
         return {r: out.last_hidden_state[i, :s] for i, (r, s) in enumerate(zip(rows, sizes, strict=True))}
-
-    def _mask(self, allowed: Tensor) -> Tensor:
-        """[B, n, kv] bool (True: attend) as the additive 4D mask [B, 1, n, kv] that eager attention adds and sdpa
-        takes as is (a bool mask it would convert in every layer)."""
-        implementation = self.model.config.text_config._attn_implementation
-        if implementation in ("sdpa", "eager"):
-            dtype = self.keys[0].dtype
-            return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-        raise ValueError(f"streaming needs an attention implementation that takes a 4D mask (sdpa or eager), "
-                         f"the model uses {implementation}: load it with attn_implementation=sdpa")
 
     def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """transformers' Cache.update, called by each attention layer inside `forward`: write the chunk's keys and
