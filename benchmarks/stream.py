@@ -43,7 +43,7 @@ STRATEGIES = ["none", "drop_all_1k", "drop_middle_1k", "summarize_1k", "dst_stat
 EVAL_SETTINGS = ["none", "drop_middle_1k", "summarize_1k", "dst_state_1k"]  # conf/stream/val_default.yaml
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"tiny": dict(source="tiny", architecture=None, tokens_per_frame=4),
-          "tiny (demo, 16 tokens/frame)": dict(source="tiny", architecture=None, tokens_per_frame=16),
+          "tiny (demo: 16 tokens per frame)": dict(source="tiny", architecture=None, tokens_per_frame=16),
           "smolvlm2-256m (random)": dict(source="tiny", architecture="smolvlm2-256m", tokens_per_frame=16),
           # model=smolvlm_256m_local: SmolLM2-135M-Instruct's weights, its small vision tower encodes every frame
           "smolvlm-256m (SmolLM2)": dict(source=str(REPO / "models" / "smolvlm-256m-smollm2"), build="smollm2",
