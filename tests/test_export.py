@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
 from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.load import load_clips
 from prospect.export import main as export_main
 from prospect.model.backbone import build_tiny, load_backbone
+from prospect.model.factory import load_checkpoint
 from prospect.model.pretrained import META, WEIGHTS, PretrainedError, load_pretrained
 from prospect.stream import StreamingGenerator
 
@@ -53,6 +55,27 @@ def test_exported_model_streams_as_the_checkpoint(trained, exported, kind):
     for g, w in zip(got, want, strict=True):
         assert g.speaking_prob == pytest.approx(w.speaking_prob, abs=1e-5), g.frame
         assert g.dst_update_prob == pytest.approx(w.dst_update_prob, abs=1e-5), g.frame
+        assert (g.text, g.dst_text, g.dst_state) == (w.text, w.dst_text, w.dst_state), g.frame
+    assert any(r.text for r in want)
+
+
+def test_inference_folds_the_adapter_and_streams_as_the_training_model(trained):
+    """from_checkpoint folds LoRA into the weights (one matrix product per layer); it streams what the checkpoint's
+    model streams with its adapter apart, as training runs it."""
+    tmp, metrics = trained
+    clip = load_clips(tmp / "data" / "test.jsonl")[0]
+    kwargs = {"speaking_threshold": 0.0, "dst_update_threshold": 0.0, "max_new_tokens": 6}
+    folded = StreamingGenerator.from_checkpoint(metrics["checkpoint"], **kwargs)
+    lora = [m for m in folded.model.modules() if isinstance(m, BaseTunerLayer)]
+    assert lora and all(m.merged for m in lora)
+    ckpt = load_checkpoint(metrics["checkpoint"])
+    net = ckpt.model.eval()
+    apart = StreamingGenerator(net.vlm, ckpt.tokenizer, net.tokens_per_frame, net.speaking_head, net.dst_head,
+                               system_prompt=ckpt.config["model"].get("system_prompt"), **kwargs)
+    assert not any(m.merged for m in apart.model.modules() if isinstance(m, BaseTunerLayer))
+    got, want = _records(folded, clip), _records(apart, clip)
+    for g, w in zip(got, want, strict=True):
+        assert (g.speaking_prob, g.dst_update_prob) == pytest.approx((w.speaking_prob, w.dst_update_prob), abs=1e-5)
         assert (g.text, g.dst_text, g.dst_state) == (w.text, w.dst_text, w.dst_state), g.frame
     assert any(r.text for r in want)
 
