@@ -45,17 +45,16 @@ def stream_batched(generator: StreamingGenerator, starts: Sequence[StartStream],
 
     def forward(row: int, embeds: Tensor, positions: Tensor) -> Tensor:
         """A stream's forward pass (CacheState.run): suspend until the scheduler resumes it with the answer."""
-        return scheduler.switch(row, (embeds, positions))
+        return scheduler.switch((embeds, positions))
 
-    def run(i: int, stream: Stream, row: int) -> tuple[int, None]:
+    def run(i: int, stream: Stream) -> None:  # returning to the scheduler: the stream's row is free
         for record in stream:
             out.append((i, stream, record))
         out.append((i, stream, None))
-        return row, None  # to the scheduler: this row is free
 
     def resume(row: int, *answer: Tensor) -> None:
         """Start the row's stream, or resume it with its `answer`, until it asks for a forward pass or ends."""
-        row, chunk = running[row].switch(*answer)
+        chunk = running[row].switch(*answer)
         if chunk is None:
             del running[row]
             free.append(row)
@@ -69,7 +68,7 @@ def stream_batched(generator: StreamingGenerator, starts: Sequence[StartStream],
                 i, start = waiting.pop(0)
                 row = free.pop(0)
                 stream = start(CacheState(generator.model, store, row, forward))
-                running[row] = greenlet(lambda i=i, stream=stream, row=row: run(i, stream, row))
+                running[row] = greenlet(lambda i=i, stream=stream: run(i, stream))
                 resume(row)
             if asked:
                 for row, hidden in _passes(store, asked).items():
@@ -78,9 +77,9 @@ def stream_batched(generator: StreamingGenerator, starts: Sequence[StartStream],
             yield from out
             out.clear()
     finally:  # after an error: unwind the suspended streams
-        for stream in running.values():
-            if stream:  # started and not dead
-                stream.throw()
+        for suspended in running.values():
+            if suspended:  # started and not dead
+                suspended.throw()
 
 
 def _passes(store: KVStore, asked: dict[int, Chunk]) -> dict[int, Tensor]:
