@@ -5,8 +5,10 @@ A `KVStore` holds the keys and values of one or more streams, one row each, in o
 pass appends a chunk of tokens to any number of rows: each row's chunk goes to that row's next columns, the
 chunks right-padded to the longest, under a 4D mask by which every token sees its row's cached tokens and the
 earlier tokens of its chunk only. Pad tokens land past the row's length, where its next chunk overwrites them.
-Nothing is copied per step but the new tokens, whatever the batch. The store is the cache transformers' attention
-layers call `update` on (the subset of `transformers.Cache` that LlamaModel uses, the same from 5.0 to 5.24).
+Nothing is copied per step but the new tokens, whatever the batch (a pass over some of the rows gathers theirs).
+The store is the cache transformers' attention layers call `update` on (the subset of `transformers.Cache` that
+LlamaModel uses, the same from 5.0 to 5.24); its passes run an attention of its own (`_attention`), whatever the
+model was loaded with.
 
 transformers caches keys *after* RoPE. Dropping cached tokens therefore leaves the kept keys at their original
 positions: either new tokens continue that numbering (`keep`), or the kept keys are re-rotated to contiguous
