@@ -105,12 +105,12 @@ def test_render_whole_video(render, files):
 == abc/0/talk_some_1: sequence 1/1, frames 0..38, {{n}} tokens ==
 <|im_start|>System: {PROMPT_A}{EOT}
 frame 0 @ 0.0s [-]
-frame 1 @ 0.5s [-]: <|im_start|>User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: {KNOWLEDGE}{EOT}
+frame 1 @ 0.5s [unlabeled]: <|im_start|>User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: {KNOWLEDGE}{EOT}
 frame 2 @ 1.0s [speak]: <|im_start|>Assistant:{{lm: Great, first fill the kettle.{EOT}}}
 frame 3 .. 10 [-] (8 silent frames)
 frame 11 @ 5.5s [speak]: <|im_start|>Assistant:{{lm: Now boil the water.{EOT}}}
 frame 12 .. 14 [-] (3 silent frames)
-frame 15 @ 7.5s [-]: <|im_start|>User: Is it hot enough?{EOT}
+frame 15 @ 7.5s [unlabeled]: <|im_start|>User: Is it hot enough?{EOT}
 frame 16 @ 8.0s [speak]: <|im_start|>Assistant:{{lm: Yes, it is boiling now.{EOT}}}
 frame 17 .. 26 [-] (10 silent frames)
 frame 27 @ 13.5s [speak]: <|im_start|>Assistant:{{lm: Put the tea bag in the cup.{EOT}}}
@@ -151,9 +151,9 @@ def test_render_dst_clip_with_a_step_started_before_the_first_frame(render, file
         f"<|im_start|>System: {SYSTEM}\nGoal: Assemble a toy car\nKnowledge: {DST_CLIP['inferred_knowledge']}\n"
         f"Steps: {steps}\nState: S1 not_started; S2 not_started; S3 not_started{EOT}"
         f"<|im_start|>DST:{{dst: S1->start{EOT}}}",
-        f"frame 4 @ 2.0s [speak]: <|im_start|>User: I want to assemble the toy car.{EOT}"
-        f"<|im_start|>Assistant:{{lm: Start by attaching the chassis.{EOT}}}",
-        "frame 5 .. 10 [-] (6 silent frames)",
+        f"frame 4 @ 2.0s [unlabeled]: <|im_start|>User: I want to assemble the toy car.{EOT}",
+        f"frame 5 @ 2.5s [speak]: <|im_start|>Assistant:{{lm: Start by attaching the chassis.{EOT}}}",
+        "frame 6 .. 10 [-] (5 silent frames)",
         f"frame 11 @ 5.5s [speak dst]: <|im_start|>DST:{{dst: S1->complete; S2->start{EOT}}}"
         f"<|im_start|>Assistant:{{lm: Now attach the wheels.{EOT}}}",
         "frame 12 .. 22 [-] (11 silent frames)",

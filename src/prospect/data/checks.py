@@ -80,6 +80,7 @@ def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:
     fps, first, last = clip.fps, clip.video.start_frame, clip.video.end_frame - 1
     state = clip.task.start_state()
     prev = None
+    dst_at: dict[int, str] = {}  # frame -> the DST event decided after it
     for i, e in enumerate(clip.events):
         where = e.source or f"events[{i}]"
         if e.time < 0:
@@ -107,7 +108,11 @@ def _check_events(clip: Clip, problems: Problems, names: FieldNames) -> None:
         if e.kind == "prompt" and (i > 0 or e.frame != first - 1):
             problems.add(where, "the clip's system prompt (kind 'prompt') must be its first event, decided before "
                          "the first frame")
+        if e.role == "dst" and e.frame in dst_at:
+            problems.add(where, f"a second DST event decided after frame {e.frame} (the first is {dst_at[e.frame]}): "
+                         "one event holds all the updates of a frame, as the model writes them in one turn")
         if e.role == "dst":
+            dst_at.setdefault(e.frame, where)
             try:
                 state = apply_updates(state, e.updates)
             except TransitionError as err:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 STATES = ("not_started", "in_progress", "completed")
 # transition -> (state it requires, state it leads to)
 TRANSITIONS = {"start": ("not_started", "in_progress"), "complete": ("in_progress", "completed")}
+UPDATE_SEPARATOR = "; "  # between the updates of one DST turn (one frame's decision)
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,13 @@ def apply_updates(state: dict[str, str], updates: list[StepUpdate]) -> dict[str,
 
 
 def format_updates(updates: list[StepUpdate]) -> str:
-    return "; ".join(f"{u.id}->{u.transition}" for u in updates)
+    return UPDATE_SEPARATOR.join(f"{u.id}->{u.transition}" for u in updates)
 
 
 def parse_updates(text: str) -> list[StepUpdate]:
     """Inverse of format_updates; raises ValueError on text that is not a list of `ID->transition`."""
     updates = []
-    for part in text.split(";"):
+    for part in text.split(UPDATE_SEPARATOR.strip()):
         step, sep, transition = part.strip().partition("->")
         if not sep or not step.strip() or transition.strip() not in TRANSITIONS:
             raise ValueError(f"not a DST update: {part.strip()!r}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prospect.data.checks import UPSTREAM_NAMES, FieldNames, check_frames
 from prospect.data.clip import FORMAT, Clip
-from prospect.data.dst_clips import is_dst_clip, read_dst_clip
+from prospect.data.dst_clips import DstClipReader, is_dst_clip
 from prospect.data.errors import ClipFormatError, ClipWarning, Problem, Problems
 from prospect.data.ours import read_ours
 from prospect.data.proassist import is_proassist, read_proassist
@@ -48,10 +48,11 @@ def read_clips(path: str | Path, root: str | Path | None = None,
     clips: list[Clip] = []
     first_seen: dict[str, str] = {}
     dialogs: dict[str, int] = {}  # ProAssist: dialogs seen per id, for those that no user names apart
+    read_dst = DstClipReader()  # one per file: a DST segment starts from the state its predecessors end in
     for line, record in _records(path, problems):
         p = Problems(str(path), line)
-        clip = _read_record(record, p, path, root, check_frames, extra_check)
-        if clip is not None and _detect(record, path)[0] is read_proassist:
+        clip = _read_record(record, p, path, root, check_frames, extra_check, read_dst)
+        if clip is not None and _detect(record, path, read_dst)[0] is read_proassist:
             _number_dialog(clip, dialogs)
         if clip is not None and clip.id in first_seen:
             p.add("id", f"duplicate clip id (first seen at {first_seen[clip.id]})")
@@ -96,11 +97,11 @@ def _records(path: Path, problems: list[Problem]):
 
 
 def _read_record(record: object, problems: Problems, path: Path, root: str | Path | None,
-                 check: bool, extra_check: ClipCheck | None) -> Clip | None:
+                 check: bool, extra_check: ClipCheck | None, read_dst: DstClipReader) -> Clip | None:
     if not isinstance(record, dict):
         problems.add(None, f"expected a JSON object per clip, got {type(record).__name__}")
         return None
-    reader, names, default_root = _detect(record, path)
+    reader, names, default_root = _detect(record, path, read_dst)
     clip_root = Path(root) if root is not None else default_root
     clip = reader(record, problems, clip_root)
     if clip is not None and check and not problems:
@@ -110,11 +111,11 @@ def _read_record(record: object, problems: Problems, path: Path, root: str | Pat
     return clip
 
 
-def _detect(record: dict, path: Path) -> tuple[Reader, FieldNames, Path]:
+def _detect(record: dict, path: Path, read_dst: DstClipReader) -> tuple[Reader, FieldNames, Path]:
     if "format" in record or "events" in record:
         return read_ours, FieldNames(), path.parent
     if is_dst_clip(record):
-        return read_dst_clip, UPSTREAM_NAMES, path.parent
+        return read_dst, UPSTREAM_NAMES, path.parent
     if is_proassist(record) or "conversation" in record:
         upstream = path.parent.parent if path.parent.name == "prepared" else path.parent
         return read_proassist, UPSTREAM_NAMES, upstream

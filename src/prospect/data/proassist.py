@@ -22,6 +22,21 @@ from prospect.data.timebase import frame_end_time
 
 KNOWLEDGE_PREFIX = "Task knowledge:"  # upstream's knowledge turn, and how its streaming finds it again
 SUMMARIZE_PREFIX = "Please summarize"  # upstream's summarize request (and how its evaluation drops it)
+# Upstream's system prompts (mmassist/datasets/prepare/prompts.py): the proactive ones, sampled per split, and the
+# one of its summary-only files. A later split's prompt is one of them, the previous progress and the knowledge.
+UPSTREAM_PROMPTS = (
+    "You are a proactive assistant. Pay close attention to the user's actions and provide relevant information "
+    "proactively.",
+    "You are a proactive assistant. Predict the user's needs and provide assistance before being requested.",
+    "You are a responsive and proactive assistant. Address questions quickly and offer assistance before it's "
+    "needed.",
+    "You are a helpful and proactive assistant. Always be ready to assist and provide useful information ahead of "
+    "time.",
+    "You are a helpful assistant. Be responsive to the user's questions, and provide useful information "
+    "proactively when needed.",
+    "You are a supportive assistant. Always be ready to help and offer useful advice without being asked.",
+    "Watch the user's actons and track the task progress.",  # sic: summary_* files
+)
 
 _TOP_LEVEL = {"dataset": "string", "video_uid": "string", "clip_idx": "integer", "frames_file": "string",
               "start_frame_idx": "integer", "end_frame_idx": "integer", "conversation": "array",
@@ -48,11 +63,12 @@ def read_proassist(record: dict, problems: Problems, root: Path | None) -> Clip 
     events = _events(top["conversation"], top["start_frame_idx"], top["end_frame_idx"], top["fps"], problems)
     if events is None:
         return None
-    _mark_summary(events, problems)
+    _mark_summary(events, meta, problems)
     _mark_prompt_and_knowledge(events, top["start_frame_idx"])
     for key in ("task_goal", "knowledge"):  # kept in metadata; null means the clip has none
         if meta.get(key) is not None:
             field(meta, key, "string", problems, f"metadata.{key}")
+    field(meta, "summary_only", "boolean", problems, "metadata.summary_only", default=False)
     clip = Clip(
         id=problems.clip,
         dataset=top["dataset"],
@@ -99,6 +115,12 @@ def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -
         frame = next_frame - 1
         if time is None:
             time = max(last_time, frame_end_time(frame, fps)) if fps > 0 else last_time
+        elif time < last_time:  # upstream places turns by their frames turns; the time is only a label
+            problems.warn(f"{where}.time", f"{time} s is " + (
+                f"earlier than the previous event ({last_time} s)" if events else
+                f"before the clip starts ({last_time:g} s)") + f"; read as {last_time} s at its frames turn "
+                f"(after frame {frame}), as upstream reads it")
+            time = last_time
         last_time = time
         events.append(Event(
             role=role, time=time, frame=frame, text=text or "",
@@ -112,10 +134,10 @@ def _events(turns: list, start: int, end: int, fps: float, problems: Problems) -
     return None if len(problems) > n_before else events
 
 
-def _mark_summary(events: list[Event], problems: Problems) -> None:
-    """Split files (`dialog-*-sum`, `summary_*`) ask for a summary with a system turn "Please summarize the
-    progress." answered by the next assistant turn (after one frame). `metadata.has_summary` only says that a
-    progress exists (it is also true in files without summaries), so the turns themselves are looked at."""
+def _mark_summary(events: list[Event], meta: dict, problems: Problems) -> None:
+    """Split files (`dialog-*-sum`, `summary_*`) end a split whose frames stop before the video's last with a
+    system turn "Please summarize the progress." answered by the next assistant turn (after one frame); upstream
+    sets `metadata.has_summary` exactly then, the video's last split of a dialog included."""
     for i, e in enumerate(events):
         if e.role == "system" and e.text.startswith(SUMMARIZE_PREFIX):
             answer = next((a for a in events[i + 1:] if a.role != "system"), None)
@@ -123,6 +145,11 @@ def _mark_summary(events: list[Event], problems: Problems) -> None:
                 problems.add(e.source, "a summarize request that no assistant turn answers")
                 continue
             e.kind, answer.kind = "summarize_request", "summary"
+    has_summary = field(meta, "has_summary", "boolean", problems, "metadata.has_summary", default=None)
+    summarized = any(e.kind == "summary" for e in events)
+    if has_summary is not None and has_summary != summarized:
+        problems.add("metadata.has_summary", f"is {str(has_summary).lower()} but the clip "
+                     + ("ends with no summarize request and summary" if has_summary else "holds a summary"))
 
 
 def _mark_prompt_and_knowledge(events: list[Event], start: int) -> None:
@@ -132,9 +159,18 @@ def _mark_prompt_and_knowledge(events: list[Event], start: int) -> None:
         if e.role != "system" or e.kind is not None:
             continue
         if i == 0 and e.frame == start - 1:
-            e.kind = "prompt"
+            e.kind, e.progress = "prompt", _prompt_progress(e.text)
         elif e.text.startswith(KNOWLEDGE_PREFIX):
             e.kind = "knowledge"
+
+
+def _prompt_progress(text: str) -> str | None:
+    """The progress a later split's prompt carries, `{upstream prompt} {progress}[ Task knowledge: ...]`, so that
+    a split cut again restarts with the new progress in its place (PromptContext.of); None for other prompts."""
+    base = max((p for p in UPSTREAM_PROMPTS if text.startswith(f"{p} ")), key=len, default=None)
+    if base is None:
+        return None
+    return text[len(base) + 1:].partition(KNOWLEDGE_PREFIX)[0].strip() or None
 
 
 def _optional(turn: dict, key: str, problems: Problems, where: str) -> str | None:

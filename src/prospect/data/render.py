@@ -6,7 +6,8 @@ render`, the quickest way to check one's own data.
     frame 15 @ 8.0s [speak]: <|im_start|>Assistant:{lm: Great, first boil some water.<end_of_utterance>}
 
 Labels: `speak` (an assistant turn follows), `dst` (a DST update follows), `-` (a negative), `requested` (a
-summary was asked for: no head target). `{lm: ...}` / `{dst: ...}` are the tokens the LM / DST-gen losses learn.
+summary was asked for: no head target), `unlabeled` (no head target: a user turn follows with nothing said, or a
+summary-only clip). `{lm: ...}` / `{dst: ...}` are the tokens the LM / DST-gen losses learn.
 """
 
 from __future__ import annotations
@@ -26,25 +27,32 @@ def describe(builder: SequenceBuilder, seq: TokenSequence) -> str:
             p += 1
     bounds = [0, *starts, len(seq)]
     lines = [_text(builder, seq, bounds[0], bounds[1])]  # the prompt and the turns before the first frame
-    silent: list[str] = []
+    silent: list[str] = []  # heads of the run of silent frames with one label
+    silent_label = "-"
     for k, f in enumerate(seq.frames):
         body = _text(builder, seq, starts[k] + len(frame), bounds[k + 2])
         labels = [name for name, on in (("speak", seq.speaking[k]), ("dst", seq.dst_update[k])) if on]
-        label = "requested" if not seq.supervised[k] else " ".join(labels) or "-"
+        label = " ".join(labels) or "-"
+        if not seq.supervised[k]:
+            label = "requested" if "{lm:" in body else "unlabeled"  # a summary is learned where it was asked for
         head = f"frame {f} @ {f / seq.fps:.1f}s"
-        if not body and label == "-":
+        if not body and (label == silent_label or not silent):
             silent.append(head)
+            silent_label = label
             continue
-        lines += _fold(silent)
+        lines += _fold(silent, silent_label)
         silent = []
+        if not body:
+            silent, silent_label = [head], label
+            continue
         lines.append(f"{head} [{label}]: {body}")
-    return "\n".join(lines + _fold(silent))
+    return "\n".join(lines + _fold(silent, silent_label))
 
 
-def _fold(silent: list[str]) -> list[str]:
+def _fold(silent: list[str], label: str) -> list[str]:
     if len(silent) <= 1:
-        return [f"{h} [-]" for h in silent]
-    return [f"{silent[0].split(' @')[0]} .. {silent[-1].split(' @')[0].removeprefix('frame ')} [-] "
+        return [f"{h} [{label}]" for h in silent]
+    return [f"{silent[0].split(' @')[0]} .. {silent[-1].split(' @')[0].removeprefix('frame ')} [{label}] "
             f"({len(silent)} silent frames)"]
 
 

@@ -17,8 +17,10 @@ The heads read the hidden state at the decision position: speaking = an assistan
 DST update = a DST turn follows. Headers (`<|im_start|>Assistant:`) are inputs that the decision triggers; the
 body and its end-of-turn token are learned. Within a frame, inputs (user, system) come before outputs (DST,
 then assistant), as in streaming; a summary request comes last. A summary is trained as upstream trains it,
-[request][one frame][summary]: the frame that carries a requested summary is no head target (the model did
-not decide to speak there). Long clips are split at frame boundaries: a sequence cut short ends with that
+[request][one frame][summary]. Frames without a head target: the one that carries a requested summary (the
+model did not decide to speak there), one that a user turn follows with nothing said (upstream leaves it
+unlabeled: the answer comes a frame later), and every frame of a summary-only clip (`metadata.summary_only`,
+upstream's `summary_*` files). Long clips are split at frame boundaries: a sequence cut short ends with that
 request, the next frame and the progress so far; the next one starts from the prompt with the DST state, the
 progress and the knowledge turn, as upstream's later splits and the summarize strategy's restarted cache do.
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import apply_updates
+from prospect.data.proassist import KNOWLEDGE_PREFIX
 
 END_OF_TURN = "<end_of_utterance>"
 TURN_START = "<|im_start|>"
@@ -59,7 +62,7 @@ class TokenSequence:
     decision_positions: list[int] = field(default_factory=list)  # per frame
     speaking: list[int] = field(default_factory=list)  # per frame: 1 if an assistant turn follows
     dst_update: list[int] = field(default_factory=list)  # per frame: 1 if a DST turn follows
-    supervised: list[int] = field(default_factory=list)  # per frame: 0 where a turn was requested, not decided
+    supervised: list[int] = field(default_factory=list)  # per frame: 0 where no head target (see the layout)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -119,11 +122,10 @@ class SequenceBuilder:
             lines.append("State: " + "; ".join(f"{k} {v}" for k, v in state.items()))
         return self.encode(f"{TURN_START}System: " + "\n".join(lines) + END_OF_TURN)
 
-    def context_prompt_ids(self, task: Task, context: PromptContext, restart: bool) -> list[int]:
-        """The prompt a sequence or stream starts from; a restarted one also carries the progress and the
-        knowledge turn."""
-        return self.prompt_ids(task, context.state, context.progress if restart else None, context.system_prompt,
-                               context.knowledge if restart else None)
+    def context_prompt_ids(self, task: Task, context: PromptContext, restart: bool = True) -> list[int]:
+        """The prompt a sequence or stream starts from, or restarts from: the context's prompt, progress and
+        knowledge turn so far (a later split starts with its own), and the state."""
+        return self.prompt_ids(task, context.state, context.progress, context.system_prompt, context.knowledge)
 
     def frame_ids(self) -> list[int]:
         return list(self._frame_ids)
@@ -148,6 +150,7 @@ class SequenceBuilder:
         the next frame and the progress so far as the (learned) answer; the next one starts from the prompt with
         the state, that progress and the knowledge, as the restarted cache does."""
         max_seq_len = max_seq_len or self.max_seq_len
+        head_targets = not clip.metadata.get("summary_only")  # upstream's summary files train summaries alone
         context = PromptContext.of(clip)
         by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
@@ -160,7 +163,7 @@ class SequenceBuilder:
         for f in clip.frame_indices:
             events = by_frame.get(f, [])
             piece = TokenSequence(clip.id, clip.fps)  # rendered alone first, to split before it if needed
-            self._add_frame(piece, f, events)
+            self._add_frame(piece, f, events, head_targets)
             if max_seq_len and context.progress != measured:  # re-rendered only when the progress changes
                 measured = context.progress
                 room = len(self._closing(clip, f, measured)) if measured else 0
@@ -188,15 +191,19 @@ class SequenceBuilder:
         seq.append(self.context_prompt_ids(clip.task, context, restart))
         return seq
 
-    def _add_frame(self, seq: TokenSequence, frame: int, events: list[Event]) -> None:
+    def _add_frame(self, seq: TokenSequence, frame: int, events: list[Event], head_targets: bool = True) -> None:
         seq.append(self.frame_ids())
         seq.frames.append(frame)
-        self._add_turns(seq, [e for e in events if e.role in INPUT_ROLES and e.kind != "summarize_request"])
+        inputs = [e for e in events if e.role in INPUT_ROLES and e.kind != "summarize_request"]
+        self._add_turns(seq, inputs)
         seq.decision_positions.append(len(seq) - 1)
         outputs = [e for e in events if e.role == "dst"] + [e for e in events if e.role == "assistant"]
         seq.speaking.append(int(any(e.role == "assistant" and e.kind != "summary" for e in outputs)))
         seq.dst_update.append(int(any(e.role == "dst" for e in outputs)))
-        seq.supervised.append(int(not any(e.kind == "summary" for e in outputs)))
+        requested = any(e.kind == "summary" for e in outputs)
+        # upstream leaves the frame a user turn follows unlabeled: the answer comes one frame later
+        asked = not outputs and any(e.role == "user" for e in inputs)
+        seq.supervised.append(int(head_targets and not requested and not asked))
         self._add_turns(seq, outputs + [e for e in events if e.kind == "summarize_request"])
 
     def _add_turns(self, seq: TokenSequence, events: list[Event]) -> None:
@@ -223,7 +230,17 @@ class PromptContext:
 
     @classmethod
     def of(cls, clip: Clip) -> PromptContext:
-        return cls(clip.task.start_state(), clip.system_prompt)
+        """The context at the clip's start. A later split's prompt already carries a progress (its `progress`) and
+        the knowledge turn, `{prompt} {progress} Task knowledge: ...`: they start the context, so that a restart
+        replaces that progress, as upstream writes the next split."""
+        context = cls(clip.task.start_state(), clip.system_prompt)
+        if context.system_prompt is not None:
+            prompt = clip.events[0]
+            head, sep, knowledge = prompt.text.partition(f" {KNOWLEDGE_PREFIX}")
+            if prompt.progress and head.endswith(f" {prompt.progress}"):
+                head, context.progress = head[:-len(prompt.progress) - 1], prompt.progress
+            context.system_prompt, context.knowledge = head, KNOWLEDGE_PREFIX + knowledge if sep else None
+        return context
 
     def advance(self, events: list[Event]) -> None:
         for e in events:
