@@ -128,8 +128,12 @@ if not os.environ.get("PROSPECT_ROOT"):
     os.environ["PROSPECT_ROOT"] = str(REPO)
 
 
+QUICK_ENCODER = "all-MiniLM-L6-v2"  # the tests' sentence encoder: upstream's default is a 404 MB download
+
+
 def compose_train(tmp_path: Path, overrides: list[str], run: str = "run"):
-    """The configs users run plus `+debug=fast` (conf/debug: shrunk for CPU), writing under tmp_path."""
+    """The configs users run plus `+debug=fast` (conf/debug: shrunk for CPU) and the quick sentence encoder,
+    writing under tmp_path."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -137,7 +141,8 @@ def compose_train(tmp_path: Path, overrides: list[str], run: str = "run"):
         # every key=value override applies after the configs merge, so theirs win over the debug config's
         return compose("train", overrides=[
             f"paths.output_dir={tmp_path / run}", f"data.root={tmp_path / 'data'}",
-            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", *overrides, "+debug=fast"])
+            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", f"callbacks.streaming_validation.encoder={QUICK_ENCODER}",
+            *overrides, "+debug=fast"])
 
 
 @pytest.fixture(scope="session")

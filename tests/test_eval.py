@@ -1,4 +1,4 @@
-"""Evaluation: text metrics worked out by hand, the sentence encoder, scoring of streamed records against a
+"""Evaluation: the sentence encoder, scoring of streamed records against a
 hand-built clip, the streaming validation callback, eval.py and the transcript demo on a trained checkpoint."""
 
 import json
@@ -15,11 +15,10 @@ from PIL import Image
 
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate
-from prospect.eval import stream_scores, streaming
+from prospect.eval import streaming
 from prospect.eval.content import content_scores
 from prospect.eval.matching import VideoMatch
 from prospect.eval.streaming import StreamedClip, score
-from prospect.eval.text_metrics import text_scores
 from prospect.stream.generator import FrameRecord
 
 REPO = Path(__file__).parents[1]
@@ -29,38 +28,11 @@ def exact(a: list[str], b: list[str]) -> np.ndarray:
     return np.array([[float(x == y) for y in b] for x in a]).reshape(len(a), len(b))
 
 
-def test_text_scores_worked_example():
-    # hyp "the cat sat on the mat" vs ref "the cat sat on a mat": clipped n-gram precisions 5/6, 3/5, 2/4, 1/3,
-    # equal lengths (no brevity penalty): BLEU-4 = (5/6 * 3/5 * 1/2 * 1/3) ** (1/4) = (1/12) ** (1/4).
-    # LCS "the cat sat on mat" = 5 words: ROUGE-L precision = recall = 5/6, so F = 5/6 for any beta.
-    s = text_scores([("The cat sat on the mat.", "the cat sat on a mat")])
-    assert s["bleu4"] == pytest.approx((1 / 12) ** 0.25, abs=1e-6)
-    assert s["rouge_l"] == pytest.approx(5 / 6, abs=1e-9)
-    # CIDEr-D over two references with disjoint words: every n-gram has idf log 2. The exact pair has cosine 1
-    # for n = 1..4 and no length penalty (10 points), the disjoint pair shares nothing (0): mean 5.
-    s = text_scores([("the cat sat on mats", "the cat sat on mats"), ("a dog ran far away", "big red bus goes home")])
-    assert s["cider"] == pytest.approx(5.0, abs=1e-6)
-    assert text_scores([]) == {"bleu4": 0.0, "cider": 0.0, "rouge_l": 0.0}
-
-
-def test_text_metrics_cover_good_matches_only():
-    pred = [(1.0, "the cat sat on the mat"), (5.0, "completely different words here")]
-    ref = [(1.0, "the cat sat on a mat"), (5.0, "something else entirely said")]
-
-    def similarity(a, b):  # strong for the first pair, weak (a match, not a good one) for the second
-        return np.array([[0.9 if (i, j) == (0, 0) else 0.2 if (i, j) == (1, 1) else 0.0 for j in range(len(b))]
-                         for i in range(len(a))])
-
-    s = stream_scores([(pred, ref)], (-1.0, 1.0), 2.0, similarity)
-    assert (s["matched"], s["good_matched"]) == (2, 1)
-    assert s["bleu4"] == pytest.approx((1 / 12) ** 0.25, abs=1e-6)
-
-
 @pytest.fixture(scope="module")
 def encoder():
     from prospect.eval.encoder import SentenceEncoder
 
-    return SentenceEncoder()
+    return SentenceEncoder("all-MiniLM-L6-v2")
 
 
 def test_packaged_encoder_is_named_and_semantic(encoder):
@@ -79,9 +51,9 @@ def test_local_encoder_directory_and_tampered_weights(encoder, monkeypatch):
     assert local.name.startswith("sentence-transformers ")
     texts = ["place the red circle", "all steps are done"]
     np.testing.assert_allclose(local(texts, texts), encoder(texts, texts), atol=1e-5)
-    monkeypatch.setattr(enc, "PACKAGED_SHA256", "0" * 64)
+    monkeypatch.setattr(enc, "MINILM_SHA256", "0" * 64)
     with pytest.raises(ValueError, match="not all-MiniLM-L6-v2"):
-        enc.SentenceEncoder()
+        enc.SentenceEncoder("all-MiniLM-L6-v2")
 
 
 def _clip() -> Clip:
@@ -155,7 +127,7 @@ def test_eval_py_on_a_checkpoint(trained, tmp_path):
     out = tmp_path / "eval"
     cmd = [sys.executable, "eval.py", f"ckpt_path={metrics['checkpoint']}", "stream.settings=[none,drop_middle_1k]",
            "num_clips=1", "calibration.num_clips=1", "calibration.speaking=[0.3,0.5]", "calibration.dst_update=[0.5]",
-           "stream.max_new_tokens=4", f"hydra.run.dir={out}"]
+           "stream.max_new_tokens=4", "encoder=all-MiniLM-L6-v2", f"hydra.run.dir={out}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval_metrics.json").read_text())

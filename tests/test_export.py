@@ -156,7 +156,7 @@ def test_eval_py_and_demo_take_an_exported_directory(trained, exported, tmp_path
     tmp, _ = trained
     out = tmp_path / "eval"
     cmd = [sys.executable, "eval.py", f"ckpt_path={exported['merged']}", "stream.settings=[none]", "num_clips=1",
-           "calibrate=false", "stream.max_new_tokens=4", f"hydra.run.dir={out}"]
+           "calibrate=false", "stream.max_new_tokens=4", "encoder=all-MiniLM-L6-v2", f"hydra.run.dir={out}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval_metrics.json").read_text())

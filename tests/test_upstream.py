@@ -3,6 +3,7 @@ rendered (pinned against hand-written text), scored reference-against-itself, tr
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -10,13 +11,27 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from upstream import DST_CLIP, KNOWLEDGE, PROGRESS, PROMPT_A, PROMPT_B, SYSTEM, write_upstream
+from upstream import (
+    DST_CLIP,
+    FORK_CLIP,
+    FORK_PROMPT,
+    KNOWLEDGE,
+    PROGRESS,
+    PROMPT_A,
+    PROMPT_B,
+    SUMMARY_PROMPT,
+    SYSTEM,
+    fork_segments,
+    l0_records,
+    write_upstream,
+)
 
 from prospect.data import load_clips
 from prospect.data.__main__ import main
 from prospect.data.clip import Clip
 from prospect.data.errors import ClipWarning
-from prospect.data.sequence import SequenceBuilder
+from prospect.data.load import read_clips
+from prospect.data.sequence import IGNORE, SequenceBuilder, decision_mask
 from prospect.data.splits import whole_videos
 from prospect.data.timebase import frame_at
 from prospect.eval.dst_metrics import reference_states
@@ -105,7 +120,7 @@ def test_render_whole_video(render, files):
 == abc/0/talk_some_1: sequence 1/1, frames 0..38, {{n}} tokens ==
 <|im_start|>System: {PROMPT_A}{EOT}
 frame 0 @ 0.0s [-]
-frame 1 @ 0.5s [unlabeled]: <|im_start|>User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: {KNOWLEDGE}{EOT}
+frame 1 @ 0.5s [unlabeled]: <|im_start|>User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: {{K}}{EOT}
 frame 2 @ 1.0s [speak]: <|im_start|>Assistant:{{lm: Great, first fill the kettle.{EOT}}}
 frame 3 .. 10 [-] (8 silent frames)
 frame 11 @ 5.5s [speak]: <|im_start|>Assistant:{{lm: Now boil the water.{EOT}}}
@@ -116,7 +131,7 @@ frame 17 .. 26 [-] (10 silent frames)
 frame 27 @ 13.5s [speak]: <|im_start|>Assistant:{{lm: Put the tea bag in the cup.{EOT}}}
 frame 28 .. 37 [-] (10 silent frames)
 frame 38 @ 19.0s [speak]: <|im_start|>Assistant:{{lm: Enjoy your tea.{EOT}}}
-""".replace("{n} tokens", _tokens(render(files["l0"], "--clip", "abc/0/talk_some_1")))
+""".replace("{K}", KNOWLEDGE).replace("{n} tokens", _tokens(render(files["l0"], "--clip", "abc/0/talk_some_1")))
 
 
 def _tokens(rendered: str) -> str:
@@ -124,8 +139,6 @@ def _tokens(rendered: str) -> str:
 
 
 def test_a_requested_summary_is_no_head_target(tiny_dir, files):
-    from prospect.data.sequence import decision_mask
-
     _, tok = load_backbone(str(tiny_dir))
     (seq,) = SequenceBuilder(tok, 1).build(_load(files["splits"])[1])
     assert (seq.frames[-1], seq.speaking[-1], seq.supervised[-1]) == (12, 0, 0)
@@ -165,6 +178,161 @@ def test_render_dst_clip_with_a_step_started_before_the_first_frame(render, file
     # split short, the later part's prompt carries the state tracked from S1's start before the first frame
     parts = render(files["dst"], "--max-seq-len", "400").split("== toy/0: sequence ")
     assert len(parts) == 3 and "State: S1 completed; S2 in_progress; S3 not_started" in parts[2]
+
+
+def test_render_fork_clip_one_dst_turn_per_step_change(render, files):
+    """The fork writes a step change as two DST_UPDATE turns at one time: one DST turn, one decision. The answer to
+    the user's goal at the same second comes a frame later, as upstream places it, and the frame the user's turn
+    follows is no speaking target."""
+    steps = "S1 = Attach the chassis.; S2 = Attach the wheels.; S3 = Add the cabin."
+    assert render(files["fork"]).split("\n", 1)[1] == "\n".join([
+        f"<|im_start|>System: {FORK_PROMPT}\nGoal: Assemble a toy car\nKnowledge: {FORK_CLIP['inferred_knowledge']}\n"
+        f"Steps: {steps}\nState: S1 not_started; S2 not_started; S3 not_started{EOT}",
+        f"frame 3 @ 1.5s [dst]: <|im_start|>User: I want to assemble the toy car.{EOT}<|im_start|>DST:{{dst: S1->start"
+        f"{EOT}}}",
+        f"frame 4 @ 2.0s [speak]: <|im_start|>Assistant:{{lm: Great! First, attach the chassis parts together.{EOT}}}",
+        "frame 5 .. 8 [-] (4 silent frames)",
+        f"frame 9 @ 4.5s [speak dst]: <|im_start|>DST:{{dst: S1->complete; S2->start{EOT}}}"
+        f"<|im_start|>Assistant:{{lm: Now attach the wheels to the chassis.{EOT}}}",
+        "frame 10 .. 12 [-] (3 silent frames)",
+        f"frame 13 @ 6.5s [speak]: <|im_start|>Assistant:{{lm: Screw the other wheels on too.{EOT}}}",
+        "frame 14 .. 18 [-] (5 silent frames)",
+        f"frame 19 @ 9.5s [speak dst]: <|im_start|>DST:{{dst: S2->complete; S3->start{EOT}}}"
+        f"<|im_start|>Assistant:{{lm: Finally, add the cabin.{EOT}}}",
+        "frame 20 .. 25 [-] (6 silent frames)",
+        f"frame 26 @ 13.0s [dst]: <|im_start|>DST:{{dst: S3->complete{EOT}}}",
+        "frame 27 @ 13.5s [-]", ""])
+
+
+def test_fork_step_changes_stream_and_score_as_one_unit(tiny_dir, files, monkeypatch):
+    """Streaming decodes one DST turn per frame: the fork's two same-time transitions, written as the model writes
+    them ("S1->complete; S2->start"), move the tracked state by both, and each step change is one scored unit."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=0.0)
+    (clip,) = _load(files["fork"])
+    reference = {e.frame: e.text for e in reference_events(clip, "dst")}
+    assert reference == {3: "S1->start", 9: "S1->complete; S2->start", 19: "S2->complete; S3->start",
+                         26: "S3->complete"}
+    frames = iter(clip.frame_indices)
+    monkeypatch.setattr(gen.decoder, "turn", lambda cache, role, max_new_tokens=None: reference.get(next(frames), ""))
+    records = list(gen.stream(clip))
+    assert [r.dst_state for r in records] == reference_states(clip)
+    assert records[9 - 3].dst_state == {"S1": "completed", "S2": "in_progress", "S3": "not_started"}
+    m = score("none", (0.5, 0.0), [StreamedClip(clip, records, 0)], _exact).metrics
+    assert (m["dst_f1"], m["dst_matched"], m["dst_missed"], m["dst_redundant"]) == (1.0, 4, 0, 0)
+
+
+def test_fork_segments_start_from_the_state_their_predecessors_reach(files):
+    with pytest.warns(ClipWarning) as caught:
+        first, later = load_clips(files["fork_segments"])
+    assert first.task.initial_state == {"S1": "not_started", "S2": "not_started", "S3": "not_started"}
+    assert later.task.initial_state == {"S1": "completed", "S2": "in_progress", "S3": "not_started"}
+    assert first.system_prompt == FORK_PROMPT  # the end state the fork appended is not shown
+    # the file's own states, where they contradict: segment 0 gives its end state three times, segment 1 a turn's
+    # state from a blank one
+    said = [(str(w.message).split(", ")[2], str(w.message).split(", ")[3].split(":")[0]) for w in caught]
+    assert said == [("clip toy/0", "initial_dst_state"), ("clip toy/0", "metadata.initial_dst_state"),
+                    ("clip toy/0", "conversation[0].content"), ("clip toy/1", "conversation[2].dst_state")]
+    assert "says S1 completed, S2 in_progress but the state before this segment" in str(caught[0].message)
+    assert main(["validate", "--no-frames", str(files["fork_segments"])]) == 0
+    # both train from their own start: the later one's prompt carries the recomputed state
+    assert [e.text for e in later.events if e.role == "dst"] == ["S2->complete; S3->start", "S3->complete"]
+    reversed_file = files["fork_segments"].with_name("reversed.json")
+    reversed_file.write_text(json.dumps(fork_segments()[::-1]))
+    with pytest.raises(ValueError, match=r"clip toy/1, clip_idx: segment 1 of video toy: its start state is "
+                       r"recomputed from the segments before it, which must come first in this file"):
+        _load(reversed_file)
+
+
+@pytest.mark.parametrize(("context", "warned"), [
+    ({"S1": "completed", "S2": "in_progress", "S3": "not_started"}, False),
+    ({"S1": "in_progress", "S2": "not_started", "S3": "not_started"}, True)])
+def test_an_older_forks_dst_context_turn_is_context(files, context, warned):
+    path = files["fork_segments"].with_name("context.json")
+    path.write_text(json.dumps(fork_segments(context)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ClipWarning)
+        _, later = load_clips(path)
+    about = [str(w.message) for w in caught if "conversation[1].content" in str(w.message)]
+    assert len(about) == int(warned) and (not warned or "says S1 in_progress, S2 not_started but" in about[0])
+    assert not any("DST_CONTEXT" in e.text or "Previous state" in e.text for e in later.events)
+    assert later.task.initial_state == {"S1": "completed", "S2": "in_progress", "S3": "not_started"}
+
+
+def test_summary_files_train_summaries_only(tiny_dir, files, render):
+    """upstream's summary_* files (summary_only): no head target anywhere, the summary learned as text."""
+    (clip,) = _load(files["summary"])
+    assert clip.metadata["summary_only"] is True and clip.system_prompt == SUMMARY_PROMPT
+    _, tok = load_backbone(str(tiny_dir))
+    (seq,) = SequenceBuilder(tok, 1).build(clip)
+    assert set(seq.supervised) == {0} and not any(decision_mask(seq, 1.0, np.random.default_rng(0)))
+    learned = [t for t in seq.lm_targets if t != IGNORE]
+    assert learned == SequenceBuilder(tok, 1).body_ids(PROGRESS[1])
+    assert render(files["summary"]).splitlines()[2:] == [
+        "frame 0 @ 0.0s [unlabeled]",
+        f"frame 1 @ 0.5s [unlabeled]: <|im_start|>User: I want to make tea.{EOT}",
+        "frame 2 .. 10 [unlabeled] (9 silent frames)",
+        f"frame 11 @ 5.5s [unlabeled]: <|im_start|>System: Please summarize the progress.{EOT}",
+        f"frame 12 @ 6.0s [requested]: <|im_start|>Assistant:{{lm: {PROGRESS[1]}{EOT}}}"]
+
+
+def test_a_later_split_cut_again_restarts_as_upstream_writes_it(tiny_dir, files):
+    """`{P} {progress1} Task knowledge: K` cut again by our builder restarts as `{P} {progress2} Task knowledge: K`."""
+    later = _load(files["splits"])[2]
+    assert later.system_prompt == f"{PROMPT_B} {PROGRESS[1]} Task knowledge: {KNOWLEDGE}"
+    _, tok = load_backbone(str(tiny_dir))
+    builder = SequenceBuilder(tok, 1)
+    (whole,) = builder.build(later)
+    parts = builder.build(later, max_seq_len=len(whole) - 30)  # cut once, after the reply at frame 16
+    assert len(parts) == 2
+    texts = [tok.decode(p.input_ids) for p in parts]
+    assert texts[0].startswith(f"<|im_start|>System: {later.system_prompt}{EOT}<fake_token_around_image>")
+    cut = parts[1].frames[0]
+    progress = [e.progress for e in later.events if e.role == "assistant" and e.frame < cut][-1]
+    assert progress not in (None, PROGRESS[1])
+    assert texts[1].startswith(f"<|im_start|>System: {PROMPT_B} {progress} Task knowledge: {KNOWLEDGE}{EOT}"
+                               "<fake_token_around_image>")
+
+
+def test_times_upstream_accepts_are_warnings(files, tmp_path):
+    """An answer timed before the question, a turn before the clip's start, a ProAssist turn timed before the
+    previous one: read as upstream reads them, each a `warning:` naming file, line, clip and turn."""
+    early = copy.deepcopy(FORK_CLIP)
+    early["conversation"][3]["time"] = 2.0  # the answer before the user's 2.2 s
+    before = copy.deepcopy(FORK_CLIP)
+    before["conversation"][2]["time"] = 1.0  # the clip starts at 1.5 s
+    proassist = l0_records()[1]
+    proassist["conversation"][5]["time"] = 1.0  # "Great, first fill the kettle." before the user's 1.2 s
+    for name, record in (("early.json", early), ("before.json", before)):
+        (tmp_path / name).write_text(json.dumps(record))
+    (tmp_path / "p.jsonl").write_text(json.dumps(proassist) + "\n")
+    (tmp_path / "frames").symlink_to(files["dst"].parent / "frames")
+    clips = {}
+    for name in ("early.json", "before.json", "p.jsonl"):
+        with pytest.warns(ClipWarning) as caught:
+            clips[name] = load_clips(tmp_path / name)[0]
+        clips[name].warned = [str(w.message) for w in caught]
+    assert (f"warning: {tmp_path / 'early.json'}, clip toy/0, conversation[3].time: 2.0 s is earlier than the "
+            "previous turn (2.2 s); read as 2.2 s after frame 4, as upstream moves it") in clips["early.json"].warned
+    assert [(e.role, e.frame) for e in clips["early.json"].events[1:4]] == [("dst", 3), ("user", 3), ("assistant", 4)]
+    assert any(m.startswith(f"warning: {tmp_path / 'before.json'}, clip toy/0, conversation[2].time: 1.0 s is before "
+                            "the clip starts (frame 3 at 1.5 s)") for m in clips["before.json"].warned)
+    assert any(m.startswith(f"warning: {tmp_path / 'p.jsonl'}, line 1, clip abc/0/talk_some_1, conversation[5].time: "
+                            "1.0 s is earlier than the previous event") for m in clips["p.jsonl"].warned)
+    assert main(["validate", "--no-frames", str(tmp_path / "early.json"), str(tmp_path / "p.jsonl")]) == 0
+
+
+def test_a_turn_with_no_frame_left_is_dropped_as_upstream_drops_it(tmp_path):
+    short = copy.deepcopy(FORK_CLIP)
+    short["end_frame_idx"] = 5  # frames 3 and 4: the first answer takes the last frame
+    (tmp_path / "short.json").write_text(json.dumps(short))
+    (clip,), problems = read_clips(tmp_path / "short.json")
+    assert [(e.role, e.frame) for e in clip.events] == [("system", 2), ("dst", 3), ("user", 3), ("assistant", 4),
+                                                        ("dst", 4)]
+    assert [(p.field, p.reason.split(";")[0]) for p in problems] == [
+        ("conversation[6]", "no frame left after the previous turn's (the clip's last)"),
+        ("conversation[4].time", "5.3 s is after the clip ends (last frame 4 completes at 2.5 s)")]
+    assert all(p.warning for p in problems) and "the 5 after it are dropped" in problems[0].reason
 
 
 def _perfect_stream(clip: Clip) -> StreamedClip:
@@ -316,14 +484,16 @@ def _train_and_eval(tmp_path, data: list[str], run: str):
         cfg = compose("train", overrides=[
             "+experiment=perframe", "data=clips", *data, f"paths.output_dir={tmp_path / run}",
             f"model.backbone.tiny_dir={tmp_path / 'tiny'}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-            "test=false", "+debug=default"])  # +debug=fast is for synthetic data
+            "test=false", "callbacks.streaming_validation.encoder=all-MiniLM-L6-v2",
+            "+debug=default"])  # +debug=fast is for synthetic data
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["stream/none/f1"])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         eval_cfg = compose("eval", overrides=[
             f"ckpt_path={metrics['checkpoint']}", "calibrate=false",
             "stream.settings=[none,summarize_1k,drop_middle_1k]", "stream.max_new_tokens=4",
-            "stream.max_summary_tokens=8", f"paths.output_dir={tmp_path / 'eval'}", "max_plots=1"])
+            "stream.max_summary_tokens=8", f"paths.output_dir={tmp_path / 'eval'}", "max_plots=1",
+            "encoder=all-MiniLM-L6-v2"])
     return run_eval(eval_cfg)
 
 
@@ -335,6 +505,17 @@ def test_train_and_stream_proassist_files(files, tmp_path):
                              "proassist")
     assert report["none"]["clips"] == 3 and report["none"]["frames"] == 28 + 39 + 17  # whole videos
     assert all(math.isfinite(report[s]["f1"]) for s in report)
+
+
+@pytest.mark.slow
+def test_train_and_stream_the_forks_clip(files, tmp_path):
+    """The fork's shape (two DST_UPDATE turns per step change) trains and streams; its step changes are scored as
+    one unit each (4 reference DST units)."""
+    name = files["fork"].name
+    report = _train_and_eval(tmp_path, [f"data.root={files['fork'].parent}", f"data.files.train={name}",
+                                        f"data.files.val={name}", f"data.files.test={name}"], "fork")
+    assert report["none"]["clips"] == 1 and report["none"]["frames"] == 25
+    assert report["none"]["dst_matched"] + report["none"]["dst_missed"] == 4
 
 
 @pytest.mark.slow

@@ -71,6 +71,8 @@ CASES = [
     ("summary-unanswered", PROASSIST,
      lambda r: r["conversation"].append({"role": "system", "content": "Please summarize the progress."}),
      "conversation[8]", "a summarize request that no assistant turn answers"),
+    ("has-summary-without-one", PROASSIST, lambda r: r["metadata"].update(has_summary=True), "metadata.has_summary",
+     "is true but the clip ends with no summarize request and summary"),
     ("duplicate-step", DST, lambda r: r["dst"].append(dict(r["dst"][0])), "dst[3].id", "duplicate step id 'S1'"),
     ("bad-initial-state", DST, lambda r: r.update(initial_dst_state={"S1": "done"}), "initial_dst_state.S1",
      "unknown state 'done'"),
@@ -148,6 +150,17 @@ def test_our_format_problems(data_root, edit, field, reason):
     path = write_jsonl(data_root / "ours.jsonl", [broken(ours_record(data_root), edit)])
     texts = [str(p) for p in read_clips(path)[1]]
     assert any(t.startswith(f"{path}, line 1, clip vid/0/talk_some_1, {field}: ") and reason in t for t in texts), texts
+
+
+def test_two_dst_events_at_one_frame_in_our_format(data_root):
+    """One DST event per frame holds every update decided there (the model writes one DST turn per decision)."""
+    (clip,) = load_clips(write_jsonl(data_root / "dst.jsonl", [DST]))
+    record = clip.to_dict()
+    both = record["events"][4]
+    assert both["frame"] == 28 and len(both["updates"]) == 2
+    record["events"][4:5] = [{**both, "updates": both["updates"][:1]}, {**both, "updates": both["updates"][1:]}]
+    texts = [str(p) for p in read_clips(write_jsonl(data_root / "ours.jsonl", [record]))[1]]
+    assert any(", events[5]: a second DST event decided after frame 28 (the first is events[4])" in t for t in texts)
 
 
 def test_validate_command_lists_every_problem(data_root, capsys):

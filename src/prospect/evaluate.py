@@ -36,7 +36,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     datamodule = instantiate(data_cfg)
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
         datamodule.prepare_data()
-    encoder = load_encoder(cfg.encoder)
+    encoder = load_encoder(cfg.encoder, cfg.paths.models_dir)
     # None: frames are encoded
     store = open_feature_store(datamodule.feature_store, generator.model, generator.tokens_per_frame)
     settings = list(cfg.stream.settings)
@@ -79,8 +79,9 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return report
 
 
-_TABLE = ("f1", "precision", "recall", "bleu4", "step_naming_accuracy", "turn_type_accuracy", "time_diff", "dst_f1",
-          "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens", "compressions", "frames_beyond_max_positions")
+_TABLE = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "step_naming_accuracy", "turn_type_accuracy",
+          "time_diff", "dst_f1", "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens", "compressions",
+          "frames_beyond_max_positions")
 
 
 def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:

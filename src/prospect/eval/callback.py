@@ -16,16 +16,18 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
-from prospect.eval.encoder import PACKAGED, load_encoder
+from prospect.eval.encoder import DEFAULT, load_encoder
 from prospect.eval.report import log_to_wandb, metrics_table, save_plots
 from prospect.eval.streaming import StreamedClip, score, stream_clips
 from prospect.stream.generator import StreamingGenerator
 
 log = logging.getLogger(__name__)
 
-LOGGED = ("f1", "precision", "recall", "jaccard", "bleu4", "cider", "rouge_l", "time_diff", "dst_f1",
-          "dst_precision", "dst_recall", "dst_state_accuracy", "speaking_auroc", "dst_update_auroc", "ms_per_frame",
-          "peak_cache_tokens", "peak_cache_bytes", "compressions", "malformed_dst", "frames_beyond_max_positions")
+LOGGED = ("f1", "precision", "recall", "jaccard", "missing_rate", "redundant_rate", "semantic_score", "bleu1",
+          "bleu2", "bleu3", "bleu4", "meteor", "cider", "bleu1_w", "bleu2_w", "bleu3_w", "bleu4_w", "meteor_w",
+          "cider_w", "rouge_l", "time_diff", "dst_f1", "dst_precision", "dst_recall", "dst_state_accuracy",
+          "speaking_auroc", "dst_update_auroc", "ms_per_frame", "peak_cache_tokens", "peak_cache_bytes",
+          "compressions", "malformed_dst", "frames_beyond_max_positions")
 
 
 class StreamingValidation(L.Callback):
@@ -35,13 +37,15 @@ class StreamingValidation(L.Callback):
 
     def __init__(self, settings: list[str], every_n_epochs: int = 5, num_clips: int = 2,
                  speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5, max_new_tokens: int = 48,
-                 max_summary_tokens: int = 128, encoder: str = PACKAGED, window: list[float] | None = None,
-                 dirpath: str = "plots/stream", max_plots: int = 1, batch_size: int = 1):
+                 max_summary_tokens: int = 128, encoder: str = DEFAULT, models_dir: str = "models",
+                 window: list[float] | None = None, dirpath: str = "plots/stream", max_plots: int = 1,
+                 batch_size: int = 1):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.settings, self.every_n_epochs, self.num_clips = list(settings), every_n_epochs, num_clips
         self.thresholds = (speaking_threshold, dst_update_threshold)
         self.max_new_tokens, self.max_summary_tokens, self.encoder_source = max_new_tokens, max_summary_tokens, encoder
+        self.models_dir = models_dir  # where all-mpnet-base-v2 is fetched to
         self.window = tuple(window) if window else None
         self.dirpath, self.max_plots, self.batch_size = Path(dirpath), max_plots, batch_size
         self.latest: dict[str, dict[str, float]] = {}
@@ -82,7 +86,7 @@ class StreamingValidation(L.Callback):
 
     def _score(self, trainer: L.Trainer, streamed: dict[str, list[StreamedClip]]) -> dict[str, dict[str, float]]:
         """Scores every setting and reports: table, plots, stream_metrics.json, wandb."""
-        encoder = load_encoder(self.encoder_source)  # loaded once per process
+        encoder = load_encoder(self.encoder_source, self.models_dir)  # loaded once per process
         results = {s: score(s, self.thresholds, streamed[s], encoder, self.window) for s in self.settings}
         metrics = {s: r.metrics for s, r in results.items()}
         clips = [c.clip for c in streamed[self.settings[0]]]

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from prospect.data.timebase import frame_at
-from prospect.eval.text_metrics import text_scores
+from prospect.eval.text_metrics import UPSTREAM, text_scores
 
 # Matching windows (left, right) in seconds, as ProAssist evaluates them: the first name found inside the dataset
 # string wins, in this order ("ego4d/narration_val" is narration), else DEFAULT_WINDOW.
@@ -70,16 +70,17 @@ def _frames(turns: Turns, fps: float) -> list[int]:
 
 
 def match_video(pred: Turns, ref: Turns, window: tuple[float, float], fps: float,
-                similarity: Similarity) -> VideoMatch:
+                similarity: Similarity, join: str = " ") -> VideoMatch:
     """Match one video's predicted turns to its reference turns. Times are decision times (seconds): a turn
     at time t belongs to frame timebase.frame_at(t, fps), for predictions and references alike (give a
-    reference turn at the decision time of the frame its clip assigns it, not at its annotated time)."""
+    reference turn at the decision time of the frame its clip assigns it, not at its annotated time).
+    Reference turns sharing a frame are one unit, their texts joined by `join` ("; " joins DST updates)."""
     pred_frames = _frames(pred, fps)
     grouped: dict[int, list[tuple[float, str]]] = {}
     for (t, text), f in zip(ref, _frames(ref, fps), strict=True):
         grouped.setdefault(f, []).append((t, text))
     # the unit is the reference *frame*: turns sharing one are joined (time of the first)
-    ref = [(turns[0][0], " ".join(text for _, text in turns)) for turns in grouped.values()]
+    ref = [(turns[0][0], join.join(text for _, text in turns)) for turns in grouped.values()]
     ref_frames = list(grouped)
     ref_by_frame = {f: k for k, f in enumerate(ref_frames)}
     out = VideoMatch(list(pred), ref)
@@ -122,9 +123,11 @@ def stream_scores(videos: Sequence[tuple[Turns, Turns]], window: tuple[float, fl
 
 
 def aggregate(matches: Sequence[VideoMatch], text_metrics: bool = True) -> dict[str, float]:
-    """Micro-averaged metrics over videos' matches (videos may differ in fps and window)."""
-    matched = sum(len(m.pairs) for m in matches)
-    good = sum(score > GOOD_MATCH for m in matches for _, _, score in m.pairs)
+    """Micro-averaged metrics over videos' matches (videos may differ in fps and window), as upstream's
+    StreamEvaluator.compute_metrics defines them (0 where upstream would divide by zero); with `text_metrics`,
+    the text scores of the good matches and upstream's `_w` variants, each times the Jaccard index."""
+    scores = [score for m in matches for _, _, score in m.pairs]
+    matched, good = len(scores), sum(score > GOOD_MATCH for score in scores)
     redundant = sum(m.redundant for m in matches)
     missed = sum(m.missed for m in matches)
     diffs = [d for m in matches for d in m.time_diffs]
@@ -132,7 +135,14 @@ def aggregate(matches: Sequence[VideoMatch], text_metrics: bool = True) -> dict[
     recall = good / (matched + missed) if matched + missed else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     jaccard = good / (matched + missed + redundant) if matched + missed + redundant else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "jaccard": jaccard, "matched": matched,
-            "good_matched": good, "missed": missed, "redundant": redundant,
-            "time_diff": float(np.mean(diffs)) if diffs else 0.0,
-            **(text_scores([p for m in matches for p in m.good_pairs]) if text_metrics else {})}
+    semantic = [score for score in scores if score >= GOOD_MATCH]  # upstream's >= here, > for a good match
+    out = {"precision": precision, "recall": recall, "f1": f1, "jaccard": jaccard, "matched": matched,
+           "good_matched": good, "missed": missed, "redundant": redundant,
+           "missing_rate": missed / (matched + missed) if matched + missed else 0.0,
+           "redundant_rate": redundant / (matched + redundant) if matched + redundant else 0.0,
+           "semantic_score": float(np.mean(semantic)) if semantic else 0.0,
+           "time_diff": float(np.mean(diffs)) if diffs else 0.0}
+    if text_metrics:
+        text = text_scores([p for m in matches for p in m.good_pairs])
+        out |= text | {f"{k}_w": jaccard * text[k] for k in UPSTREAM}
+    return out

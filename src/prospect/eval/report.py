@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 from prospect.eval.streaming import DIALOG_COLUMNS, SettingResult, StreamedClip, dialog_rows, reference_events
 from prospect.model.plots import plot_settings, plot_timeline
 
-TABLE_KEYS = ("f1", "precision", "recall", "bleu4", "cider", "rouge_l", "dst_f1", "dst_state_accuracy",
+TABLE_KEYS = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "dst_f1", "dst_state_accuracy",
               "speaking_auroc", "ms_per_frame", "peak_cache_tokens", "compressions")
 
 

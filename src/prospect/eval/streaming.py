@@ -22,6 +22,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_average_
 from tqdm.auto import tqdm
 
 from prospect.data.clip import Clip
+from prospect.data.dst import UPDATE_SEPARATOR
 from prospect.data.timebase import frame_end_time
 from prospect.eval.content import content_scores
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
@@ -166,7 +167,7 @@ def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], si
         (pred, pred_dst), (ref, ref_dst) = s.predicted(), reference_turns(s.clip)
         w = window or window_for(s.clip.dataset)
         dialog.append(match_video(pred, ref, w, s.clip.fps, similarity))
-        dst.append(match_video(pred_dst, ref_dst, w, s.clip.fps, update_similarity))
+        dst.append(match_video(pred_dst, ref_dst, w, s.clip.fps, update_similarity, join=UPDATE_SEPARATOR))
     metrics = aggregate(dialog) | content_scores(dialog)
     metrics.update({f"dst_{k}": v for k, v in aggregate(dst, text_metrics=False).items()})
     metrics["dst_state_accuracy"] = state_accuracy(

