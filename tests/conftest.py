@@ -7,9 +7,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.frames import write_arrow_frames
 
 SYSTEM = "You are a proactive assistant. Help the user with the task."
@@ -153,3 +155,16 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     cfg = compose_train(tmp, ["+experiment=perframe", "trainer.max_epochs=2"])
     return tmp, train(cfg)
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """A 60-frame clip of random frames with two steps and two user turns (the streaming tests' clip)."""
+    rng, n = np.random.default_rng(), 60
+    write_arrow_frames(tmp_path / "frames" / "v.arrow",
+                       (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)))
+    return Clip(id="v/0", video=Video("frames/v.arrow", 2.0, 0, n), root=tmp_path,
+                task=Task(steps=[Step("S1", "place the red circle"), Step("S2", "place the blue square")],
+                          initial_state={"S1": "not_started", "S2": "not_started"}),
+                events=[Event("user", 1.2, 1, "I want to build the comet board."),
+                        Event("user", 10.3, 19, "What next?")])

@@ -17,11 +17,24 @@ from prospect.model.backbone import load_backbone
 from prospect.stream import StreamingGenerator
 from prospect.stream.batch import stream_batched
 from prospect.stream.generator import StreamOptions
-from prospect.stream.strategies import DropAll, DropMiddle, DstStateRefresh, NoCompression, SinkRecent, SummarizeAndDrop
+from prospect.stream.strategies import (
+    DropAll,
+    DropMiddle,
+    DstStateRefresh,
+    NoCompression,
+    SinkRecent,
+    SummarizeAndDrop,
+    UpstreamDropAll,
+    UpstreamDropMiddle,
+    UpstreamSummarize,
+)
 
 TPF = 4
+CAPS = {"max_new_tokens": 6, "max_summary_tokens": 6}  # upstream's 100 and 512, shrunk for the tiny model
 STRATEGIES = [NoCompression(), DropAll(budget=300), DropMiddle(budget=360, keep_recent=80),
-              SinkRecent(budget=300, keep_recent=80), SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)]
+              SinkRecent(budget=300, keep_recent=80), SummarizeAndDrop(budget=300), DstStateRefresh(budget=300),
+              UpstreamDropAll(budget=350, **CAPS), UpstreamDropMiddle(budget=400, keep_recent=40, **CAPS),
+              UpstreamSummarize(budget=300, **CAPS)]
 
 
 @pytest.fixture(scope="module")

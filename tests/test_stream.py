@@ -2,11 +2,9 @@
 attention mask hiding dropped tokens, and the keep / rerotate equivalence. Tiny model, fp32, fresh random
 inputs each run."""
 
-import numpy as np
 import pytest
 import torch
 
-from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import apply_updates, parse_updates
 from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames, encode_frames, pixels
@@ -41,23 +39,6 @@ def backbone_dir(request, tiny_dir):
 def any_gen(backbone_dir):
     vlm, tok = load_backbone(str(backbone_dir))
     return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
-
-
-@pytest.fixture
-def clip(tmp_path):
-    rng = np.random.default_rng()
-    from PIL import Image
-
-    from prospect.data.frames import write_arrow_frames
-
-    n = 60
-    write_arrow_frames(tmp_path / "frames" / "v.arrow",
-                       (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)))
-    return Clip(id="v/0", video=Video("frames/v.arrow", 2.0, 0, n), root=tmp_path,
-                task=Task(steps=[Step("S1", "place the red circle"), Step("S2", "place the blue square")],
-                          initial_state={"S1": "not_started", "S2": "not_started"}),
-                events=[Event("user", 1.2, 1, "I want to build the comet board."),
-                        Event("user", 10.3, 19, "What next?")])
 
 
 def frame_features(gen, clip, frames):

@@ -292,9 +292,16 @@ def test_a_later_split_cut_again_restarts_as_upstream_writes_it(tiny_dir, files)
     assert progress not in (None, PROGRESS[1])
     assert texts[1].startswith(f"<|im_start|>System: {PROMPT_B} {progress} Task knowledge: {KNOWLEDGE}{EOT}"
                                "<fake_token_around_image>")
+    # streamed, it starts from its own prompt and a summarize restart replaces the progress likewise
+    vlm, _ = load_backbone(str(tiny_dir))
+    stream = StreamingGenerator(vlm, tok, 1).stream(later)
+    assert tok.decode(stream.initial_prompt) == f"<|im_start|>System: {later.system_prompt}{EOT}"
+    stream.context.progress = "The water is boiling."  # what summarize() leaves for the restart
+    assert tok.decode(stream.prompt()) == (f"<|im_start|>System: {PROMPT_B} The water is boiling. Task knowledge: "
+                                           f"{KNOWLEDGE}{EOT}")
 
 
-def test_times_upstream_accepts_are_warnings(files, tmp_path):
+def test_times_upstream_accepts_are_warnings(files, tmp_path, capsys):
     """An answer timed before the question, a turn before the clip's start, a ProAssist turn timed before the
     previous one: read as upstream reads them, each a `warning:` naming file, line, clip and turn."""
     early = copy.deepcopy(FORK_CLIP)
@@ -319,7 +326,10 @@ def test_times_upstream_accepts_are_warnings(files, tmp_path):
                             "the clip starts (frame 3 at 1.5 s)") for m in clips["before.json"].warned)
     assert any(m.startswith(f"warning: {tmp_path / 'p.jsonl'}, line 1, clip abc/0/talk_some_1, conversation[5].time: "
                             "1.0 s is earlier than the previous event") for m in clips["p.jsonl"].warned)
+    capsys.readouterr()
     assert main(["validate", "--no-frames", str(tmp_path / "early.json"), str(tmp_path / "p.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert [m for m in clips["early.json"].warned + clips["p.jsonl"].warned if m not in printed] == []
 
 
 def test_a_turn_with_no_frame_left_is_dropped_as_upstream_drops_it(tmp_path):

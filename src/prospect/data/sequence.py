@@ -122,7 +122,7 @@ class SequenceBuilder:
             lines.append("State: " + "; ".join(f"{k} {v}" for k, v in state.items()))
         return self.encode(f"{TURN_START}System: " + "\n".join(lines) + END_OF_TURN)
 
-    def context_prompt_ids(self, task: Task, context: PromptContext, restart: bool = True) -> list[int]:
+    def context_prompt_ids(self, task: Task, context: PromptContext) -> list[int]:
         """The prompt a sequence or stream starts from, or restarts from: the context's prompt, progress and
         knowledge turn so far (a later split starts with its own), and the state."""
         return self.prompt_ids(task, context.state, context.progress, context.system_prompt, context.knowledge)
@@ -154,7 +154,7 @@ class SequenceBuilder:
         context = PromptContext.of(clip)
         by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
-        seq = self._start(clip, context, restart=False)
+        seq = self._start(clip, context)
         before = by_frame.get(clip.video.start_frame - 1, [])
         self._add_turns(seq, before)
         context.advance(before)
@@ -170,7 +170,7 @@ class SequenceBuilder:
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
                 if measured:
                     seq.extend(self._closing(clip, f, measured))
-                seq = self._start(clip, context, restart=True)
+                seq = self._start(clip, context)
                 sequences.append(seq)
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
                 raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece) + room} "
@@ -186,9 +186,9 @@ class SequenceBuilder:
         self._add_frame(closing, frame, [Event("assistant", 0.0, frame, progress, kind="summary")])
         return closing
 
-    def _start(self, clip: Clip, context: PromptContext, restart: bool) -> TokenSequence:
+    def _start(self, clip: Clip, context: PromptContext) -> TokenSequence:
         seq = TokenSequence(clip.id, clip.fps)
-        seq.append(self.context_prompt_ids(clip.task, context, restart))
+        seq.append(self.context_prompt_ids(clip.task, context))
         return seq
 
     def _add_frame(self, seq: TokenSequence, frame: int, events: list[Event], head_targets: bool = True) -> None:

@@ -12,7 +12,9 @@ model was loaded with.
 
 transformers caches keys *after* RoPE. Dropping cached tokens therefore leaves the kept keys at their original
 positions: either new tokens continue that numbering (`keep`), or the kept keys are re-rotated to contiguous
-positions (`rerotate`, as StreamingLLM does), which keeps positions bounded on endless streams.
+positions (`rerotate`, as StreamingLLM does), which keeps positions bounded on endless streams. A third numbering
+exists only to reproduce upstream: new tokens from the cache length (`number_from_length`), as transformers
+numbers them, which after a drop from the middle collides with the positions of kept keys.
 
 `CacheState` is one stream's row and what the compression strategies act on. It runs the model to append tokens,
 but knows nothing of prompts, heads, budgets, the generator or the other rows.
@@ -156,7 +158,8 @@ Runner = Callable[[int, Tensor, Tensor], Tensor]  # (row, embeddings [n, H], pos
 
 class CacheState:
     """One stream's row of a KVStore with, per cached token, its position and token id. Positions are explicit, so
-    that after a drop new tokens either continue the numbering or the kept keys move: they never collide.
+    that after a drop new tokens either continue the numbering or the kept keys move: they never collide (but
+    where upstream's numbering is reproduced, `number_from_length`).
     `run` performs the forward passes; by default the store runs each one at once, a batch runner
     (stream/batch.py) gathers those of all its streams into one."""
 
@@ -198,13 +201,14 @@ class CacheState:
             self.first_beyond = self.next_position
         return hidden[-1]
 
-    def restart(self, ids: list[int]) -> Tensor:
-        """An empty cache (no prefix either) holding only `ids`, at positions 0..; the last hidden state [H]."""
+    def restart(self, ids: list[int]) -> Tensor | None:
+        """An empty cache (no prefix either) holding only `ids`, at positions 0..; the last hidden state [H]
+        (None when `ids` is empty: the cache stays empty)."""
         self.store.clear(self.row)
         self.next_position = 0
         self.positions, self.token_ids = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         self.prefix = torch.zeros(0, dtype=torch.long)
-        return self.append(ids)
+        return self.append(ids) if ids else None
 
     def extend_prefix(self, start: int, stop: int) -> None:
         """The cache slots start..stop-1 join the prefix."""
@@ -221,6 +225,12 @@ class CacheState:
         self.prefix = torch.isin(index, self.prefix).nonzero()[:, 0]  # where the kept prefix now sits
         self.store.keep(self.row, index)
         self.positions, self.token_ids = self.positions[index], self.token_ids[index]
+
+    def number_from_length(self) -> None:
+        """Number new tokens from the cache length, whatever positions the kept keys hold: upstream's numbering
+        (transformers' default), which after a drop from the middle gives new tokens the positions of kept keys.
+        Only the upstream_* settings use it, to reproduce upstream's numbers."""
+        self.next_position = self.tokens
 
     def rerotate(self) -> None:
         """Renumber the cached tokens 0.. (their keys re-rotated), so new tokens follow at the cache length."""

@@ -102,8 +102,7 @@ class StreamingGenerator:
         self.max_summary_tokens = max_summary_tokens
         self.image_size = model.config.vision_config.image_size
         self.summarize_request_ids = self.builder.turn_ids_of("system", SUMMARIZE_REQUEST)
-        # room for one generated turn: the longest header, max_new_tokens and the end-of-turn token
-        self.turn_reserve = max(len(self.builder.header_ids(r)) for r in ("assistant", "dst")) + max_new_tokens + 1
+        self.longest_header = max(len(self.builder.header_ids(r)) for r in ("assistant", "dst"))
         self._warned_positions = False
 
     @classmethod
@@ -183,8 +182,8 @@ class StreamingGenerator:
         frames = (FrameInput(f, clip.frame_timestamp(f), partial(features, clip, f),
                              [e for e in fed.get(f, []) if e.role in INPUT_ROLES])  # the reference's turns never
                   for f in clip.frame_indices)
-        return self.stream_frames(frames, clip.task, before, clip.system_prompt,
-                                  [e for e in clip.events if e is first_user or e.kind == "knowledge"], options)
+        return Stream(self, frames, clip.task, before, PromptContext.of(clip),  # a later split's prompt apart
+                      [e for e in clip.events if e is first_user or e.kind == "knowledge"], options or StreamOptions())
 
     def stream_frames(self, frames: Iterable[FrameInput], task: Task, before: Sequence[Event] = (),
                       system_prompt: str | None = None, prefix_turns: Sequence[Event] = (),
@@ -195,12 +194,8 @@ class StreamingGenerator:
         will join the prefix drop_middle keeps (first user turn, knowledge), so the room it leaves is checked
         when the stream starts. `options` set this stream's strategy, thresholds or cache (else the generator's
         apply). Nothing runs before the first record is asked for."""
-        return Stream(self, frames, task, before, system_prompt, prefix_turns, options or StreamOptions())
-
-    @property
-    def room(self) -> int:
-        """Tokens a frame and its generated turns may take: the frame, then a DST update and a reply at most."""
-        return len(self.builder.frame_ids()) + 2 * self.turn_reserve
+        return Stream(self, frames, task, before, PromptContext(task.start_state(), system_prompt), prefix_turns,
+                      options or StreamOptions())
 
     @torch.no_grad()
     def _records(self, stream: Stream, frames: Iterable[FrameInput], before: Sequence[Event],
@@ -215,7 +210,7 @@ class StreamingGenerator:
         cache.extend_prefix(0, cache.tokens)
         stream.first_user_seen = any(e.role == "user" for e in before)
         stream.strategy.check_room(cache.tokens + sum(len(self.builder.turn_ids(e)) for e in prefix_turns
-                                                    if e not in before), self.room)
+                                                    if e not in before), stream.room)
         for item in frames:
             yield self._frame(stream, item)
 
@@ -226,23 +221,27 @@ class StreamingGenerator:
         stream.upcoming, stream.summaries = item, []
         turns = [self.builder.turn_ids(e) for e in item.events]
         chunk = self.builder.frame_ids() + [t for ids in turns for t in ids]
-        if stream.strategy.make_room(stream, len(chunk) + 2 * self.turn_reserve):  # a DST update and a reply at most
+        if stream.strategy.make_room(stream, len(chunk) + 2 * stream.turn_reserve):  # a DST update and a reply at most
             stream.compressions += 1
         slot = cache.tokens + len(self.builder.frame_ids())
         hidden = cache.append(chunk, item.features())  # [H]
+        stream.last = item
         for e, ids in zip(item.events, turns, strict=True):
             if e.kind == "knowledge" or e.role == "user" and not stream.first_user_seen:
                 stream.first_user_seen = stream.first_user_seen or e.role == "user"
                 cache.extend_prefix(slot, slot + len(ids))
-                stream.strategy.check_room(len(cache.prefix), self.room)
+                stream.strategy.check_room(len(cache.prefix), stream.room)
             stream.take(e)
             slot += len(ids)
         speaking = float(torch.sigmoid(self.speaking_head(hidden)))
         dst = float(torch.sigmoid(self.dst_head(hidden)))
-        dst_text = self.decoder.turn(cache, "dst") if dst >= stream.dst_update_threshold else ""
+        cap = stream.max_new_tokens
+        dst_text = self.decoder.turn(cache, "dst", cap) if dst >= stream.dst_update_threshold else ""
         if dst_text:
             stream.dst.apply(dst_text)
-        text = self.decoder.turn(cache, "assistant") if speaking >= stream.speaking_threshold else ""
+        text = self.decoder.turn(cache, "assistant", cap) if speaking >= stream.speaking_threshold else ""
+        if stream.first_user_seen and stream.first_user_step_end is None:
+            stream.first_user_step_end = cache.tokens
         self._warn_positions(stream)
         return FrameRecord(
             time=item.time, frame=item.index, speaking_prob=speaking, dst_update_prob=dst, text=text, dst_text=dst_text,
@@ -272,14 +271,15 @@ class StreamOptions:
 
 
 class Stream(Iterator[FrameRecord]):
-    """One video through a generator: its strategy and thresholds, its cache, task, what a restarted prompt
-    carries (the PromptContext of training: system prompt, tracked DST state, progress, knowledge turn), whether
-    the first user turn was seen, the compressions so far, the frame about to be fed (a summary is answered after
-    it) and the summaries generated at it. Iterating it runs the frames, lazily; it is what its strategy
-    compresses (strategies.Compressible)."""
+    """One video through a generator: its strategy, thresholds and caps on generated text, its cache, task, what
+    a restarted prompt carries (the PromptContext of training: system prompt, tracked DST state, progress,
+    knowledge turn), whether the first user turn was seen and where its frame ended in the cache, the
+    compressions so far, the frame about to be fed and the one fed last (a summary is answered after either) and
+    the summaries generated at it. Iterating it runs the frames, lazily; it is what its strategy compresses
+    (strategies.Compressible)."""
 
     def __init__(self, generator: StreamingGenerator, frames: Iterable[FrameInput], task: Task,
-                 before: Sequence[Event], system_prompt: str | None, prefix_turns: Sequence[Event],
+                 before: Sequence[Event], context: PromptContext, prefix_turns: Sequence[Event],
                  options: StreamOptions):
         self.generator = generator
         self.strategy = options.strategy or generator.strategy
@@ -287,15 +287,20 @@ class Stream(Iterator[FrameRecord]):
                                    else options.speaking_threshold)
         self.dst_update_threshold = (generator.dst_update_threshold if options.dst_update_threshold is None
                                      else options.dst_update_threshold)
+        # the strategy's caps (upstream's for the upstream_* settings), else the generator's
+        self.max_new_tokens = self.strategy.max_new_tokens or generator.decoder.max_new_tokens
+        self.max_summary_tokens = self.strategy.max_summary_tokens or generator.max_summary_tokens
         self.cache = options.cache or CacheState(generator.model)
         self.task = task
-        self.context = PromptContext(task.start_state(), system_prompt)
+        self.context = context
         self.first_user_seen = False
+        self.first_user_step_end: int | None = None  # cache tokens after the frame that fed the first user turn
         self.dst = DstTracker(self.context)
         self.compressions = 0
         self.upcoming: FrameInput | None = None
+        self.last: FrameInput | None = None
         self.summaries: list[str] = []  # generated by compressions at the current frame
-        self.initial_prompt = self.prompt(restart=False)
+        self.initial_prompt = self.prompt()
         self._records = generator._records(self, frames, before, prefix_turns)
 
     def __next__(self) -> FrameRecord:
@@ -306,18 +311,21 @@ class Stream(Iterator[FrameRecord]):
         """Generated DST updates that did not parse or fit the state, so far."""
         return self.dst.malformed
 
-    def prompt(self, restart: bool = True) -> list[int]:
-        """The prompt with the tracked DST state, as the builder renders it; a restarted one also carries the
-        progress and the knowledge turn seen so far."""
-        return self.generator.builder.context_prompt_ids(self.task, self.context, restart)
+    def prompt(self) -> list[int]:
+        """The prompt with the tracked DST state, as the builder renders it: at the start the clip's own, on a
+        restart carrying the progress and the knowledge turn seen so far."""
+        return self.generator.builder.context_prompt_ids(self.task, self.context)
 
-    def summarize(self) -> str:
-        """The layout upstream trains summaries with: the request, the upcoming frame, the summary (with its own
-        length limit). The summary becomes the progress that restarted prompts carry."""
+    def summarize(self, frame: str = "upcoming", gate: float | None = None) -> str:
+        """The request, a frame (the `upcoming` one, as training renders it, or the `last` one fed, as upstream's
+        inference does), the summary (up to max_summary_tokens) in the cache; with a `gate`, the summary only
+        where the speaking head at that frame reaches it, else none (""). The summary becomes the progress that
+        restarted prompts carry."""
         gen = self.generator
-        self.cache.append(gen.summarize_request_ids)
-        self.cache.append(gen.builder.frame_ids(), self.upcoming.features())
-        summary = gen.decoder.turn(self.cache, "assistant", gen.max_summary_tokens)
+        item = self.upcoming if frame == "upcoming" else self.last
+        hidden = self.cache.append(gen.summarize_request_ids + gen.builder.frame_ids(), item.features())  # [H]
+        speaks = gate is None or float(torch.sigmoid(gen.speaking_head(hidden))) >= gate
+        summary = gen.decoder.turn(self.cache, "assistant", self.max_summary_tokens) if speaks else ""
         self.summaries.append(summary)
         self.context.progress = summary
         return summary
@@ -327,7 +335,17 @@ class Stream(Iterator[FrameRecord]):
         """Tokens `summarize` adds: the request, the frame, the header, the summary and its end token."""
         b = self.generator.builder
         return (len(self.generator.summarize_request_ids) + len(b.frame_ids()) + len(b.header_ids("assistant"))
-                + self.generator.max_summary_tokens + 1)
+                + self.max_summary_tokens + 1)
+
+    @property
+    def turn_reserve(self) -> int:
+        """Tokens one generated turn may take: the longest header, max_new_tokens and the end-of-turn token."""
+        return self.generator.longest_header + self.max_new_tokens + 1
+
+    @property
+    def room(self) -> int:
+        """Tokens a frame and its generated turns may take: the frame, then a DST update and a reply at most."""
+        return len(self.generator.builder.frame_ids()) + 2 * self.turn_reserve
 
     def take(self, event: Event) -> None:
         """Follow a fed turn as training does (PromptContext.advance): a DST update given as context moves the
