@@ -437,6 +437,36 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
         next(stream)
 
 
+def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
+    """The upstream_* settings on a ProAssist dialog (the knowledge turn after the first user turn): drop_middle
+    keeps the cache as it stood after the frame that fed the first user turn, knowledge included; drop_all keeps
+    not even the prompt; summarize restarts from `{prompt} {summary} Task knowledge: ...`, as upstream's runner."""
+    from prospect.stream.generator import StreamOptions
+    from prospect.stream.strategies import UpstreamDropAll, UpstreamDropMiddle, UpstreamSummarize
+
+    vlm, tok = load_backbone(str(tiny_dir))
+    gen = StreamingGenerator(vlm, tok, 1, max_new_tokens=4, speaking_threshold=2.0, dst_update_threshold=2.0)
+    clip = _load(files["l0"])[1]
+    plain = gen.stream(clip)
+    next(plain), next(plain)  # frames 0 and 1: the user's goal and the knowledge came with frame 1
+    first_user_step = plain.cache.token_ids.tolist()
+    assert tok.decode(first_user_step).endswith(f"User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: "
+                                                f"{KNOWLEDGE}{EOT}")
+    runs = {}
+    for strategy in (UpstreamDropMiddle(budget=300, keep_recent=40), UpstreamDropAll(budget=300),
+                     UpstreamSummarize(budget=300, max_summary_tokens=5)):
+        stream = gen.stream(clip, options=StreamOptions(strategy))
+        runs[strategy.name] = (stream, list(stream))
+        assert runs[strategy.name][1][-1].compressions > 0, strategy.name
+    kept = runs["upstream_drop_middle"][0].cache.token_ids.tolist()
+    assert kept[:len(first_user_step)] == first_user_step
+    assert "System:" not in tok.decode(runs["upstream_drop_all"][0].cache.token_ids.tolist())
+    stream, records = runs["upstream_summarize"]
+    summary = [r.summaries for r in records if r.summaries][-1][0]
+    prompt = " ".join(t for t in (PROMPT_A, summary, f"Task knowledge: {KNOWLEDGE}") if t)
+    assert tok.decode(stream.cache.token_ids.tolist()).startswith(f"<|im_start|>System: {prompt}{EOT}")
+
+
 def test_positions_past_the_models_maximum_are_reported(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
     vlm.config.text_config.max_position_embeddings = 300  # a long stream, shortened
