@@ -36,16 +36,13 @@ def describe(builder: SequenceBuilder, seq: TokenSequence) -> str:
         if not seq.supervised[k]:
             label = "requested" if "{lm:" in body else "unlabeled"  # a summary is learned where it was asked for
         head = f"frame {f} @ {f / seq.fps:.1f}s"
-        if not body and (label == silent_label or not silent):
+        if body or label != silent_label:  # a run of silent frames ends
+            lines += _fold(silent, silent_label)
+            silent, silent_label = [], label
+        if body:
+            lines.append(f"{head} [{label}]: {body}")
+        else:
             silent.append(head)
-            silent_label = label
-            continue
-        lines += _fold(silent, silent_label)
-        silent = []
-        if not body:
-            silent, silent_label = [head], label
-            continue
-        lines.append(f"{head} [{label}]: {body}")
     return "\n".join(lines + _fold(silent, silent_label))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from prospect.data.clip import Clip
 from prospect.data.dst import UPDATE_SEPARATOR, apply_updates, parse_updates
-from prospect.eval.matching import Turns, aggregate, match_video
+from prospect.eval.matching import Turns, stream_scores
 
 
 def _update_set(text: str) -> frozenset | None:
@@ -27,8 +27,7 @@ def update_similarity(texts_a: list[str], texts_b: list[str]) -> np.ndarray:
 
 def dst_scores(videos: Sequence[tuple[Turns, Turns]], window: tuple[float, float], fps: float) -> dict[str, float]:
     """stream_scores over DST-update turns (time, "S1->complete; S2->start") with exact-update similarity."""
-    return aggregate([match_video(pred, ref, window, fps, update_similarity, join=UPDATE_SEPARATOR)
-                      for pred, ref in videos])
+    return stream_scores(videos, window, fps, update_similarity, join=UPDATE_SEPARATOR)
 
 
 def reference_states(clip: Clip) -> list[dict[str, str]]:

@@ -116,10 +116,10 @@ def match_video(pred: Turns, ref: Turns, window: tuple[float, float], fps: float
 
 
 def stream_scores(videos: Sequence[tuple[Turns, Turns]], window: tuple[float, float], fps: float,
-                  similarity: Similarity, text_metrics: bool = True) -> dict[str, float]:
-    """Micro-averaged matching metrics over videos of (pred, ref) turns; with `text_metrics`, BLEU-4, CIDEr
-    and ROUGE-L of the good matches."""
-    return aggregate([match_video(pred, ref, window, fps, similarity) for pred, ref in videos], text_metrics)
+                  similarity: Similarity, text_metrics: bool = True, join: str = " ") -> dict[str, float]:
+    """Micro-averaged matching metrics over videos of (pred, ref) turns (`join` as in match_video); with
+    `text_metrics`, the text scores of the good matches (aggregate)."""
+    return aggregate([match_video(pred, ref, window, fps, similarity, join) for pred, ref in videos], text_metrics)
 
 
 def aggregate(matches: Sequence[VideoMatch], text_metrics: bool = True) -> dict[str, float]:
