@@ -47,7 +47,7 @@ def gen(tiny_dir):
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """Three videos of 40, 27 and 16 frames, with user turns at different frames."""
-    root, rng = tmp_path_factory.mktemp("batch"), np.random.default_rng()
+    root, rng = tmp_path_factory.mktemp("batch"), np.random.default_rng(0)  # seeded: `between` needs spread
     task = Task(steps=[Step("S1", "place the red circle"), Step("S2", "place the blue square")],
                 initial_state={"S1": "not_started", "S2": "not_started"})
     out = []

@@ -50,11 +50,19 @@ def leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_perframe_is_what_it_was():
-    """`python train.py +experiment=perframe` resolves to the config it resolved to before the configs took the
-    template's shape; the differences are the ones issue #13 asks for, named here one by one."""
-    now = resolved(["+experiment=perframe"])
+def test_perframe_tiny_is_what_perframe_was():
+    """`python train.py +experiment=perframe_tiny` (the tiny model's perframe, the default before issue #24)
+    resolves to the config `+experiment=perframe` resolved to before the configs took the template's shape; the
+    differences are the ones issues #13 and #24 ask for, named here one by one."""
+    now = resolved(["+experiment=perframe_tiny"])
     before = yaml.safe_load((REPO / "tests" / "snapshots" / "train_perframe.yaml").read_text())
+    # issue #24: the tiny run has a name and a data folder of its own; its clips are drawn as before, cut as
+    # either restart leaves the cache, and eval.py streams in the dtype stream.dtype names
+    assert (now.pop("task_name"), before.pop("task_name")) == ("perframe_tiny", "perframe")
+    assert now["data"].pop("restarts") == ["summarize", "dst_state"]
+    assert now["data"]["synthetic"].pop("num_steps") == [3, 5] and now["stream"].pop("dtype") == "float32"
+    assert now["data"]["root"] == f"{REPO}/data/synthetic_tiny"
+    now["data"]["root"] = f"{REPO}/data/synthetic"
     # the paths group: files under the project root, absolute
     assert now.pop("paths") == {"root_dir": str(REPO), "data_dir": f"{REPO}/data", "models_dir": f"{REPO}/models",
                                 "log_dir": f"{REPO}/outputs", "sweep_dir": f"{REPO}/multirun", "output_dir": "OUT"}
@@ -73,7 +81,7 @@ def test_perframe_is_what_it_was():
     before = {renamed.get(k, k): v for k, v in leaves(before).items()}
     assert now["model"]["backbone"].pop("build") is None  # issue #14: model=smolvlm_256m_local builds its backbone
     # issue #16: streaming evaluation runs streams in batches
-    assert now["stream"].pop("batch_size") == now["callbacks"]["streaming_validation"].pop("batch_size") == 8
+    assert now["stream"].pop("batch_size") == now["callbacks"]["streaming_validation"].pop("batch_size") == 16
     # issue #23: upstream's sentence encoder by default, fetched into the models folder
     assert now["callbacks"]["streaming_validation"].pop("encoder") == "all-mpnet-base-v2"
     assert now["callbacks"]["streaming_validation"].pop("models_dir") == f"{REPO}/models"
@@ -93,12 +101,24 @@ def test_local_smolvlm_256m_builds_under_the_models_folder():
     m = resolved(["+experiment=perframe", "model=smolvlm_256m_local"])["model"]
     assert m["backbone"] == {"source": f"{REPO}/models/smolvlm-256m-smollm2", "tiny_dir": f"{REPO}/models/tiny",
                              "architecture": None, "build": "smollm2", "attn_implementation": "sdpa"}
-    assert (m["tokens_per_frame"], m["net"]["train_connector"], m["lr"]) == (4, True, 2e-4)
+    assert (m["tokens_per_frame"], m["net"]["train_connector"], m["lr"]) == (4, True, 1e-3)
+    assert (m["net"]["lora_r"], m["net"]["lora_alpha"]) == (16, 32)
+
+
+def test_the_default_run_is_the_pretrained_model():
+    """`python train.py +experiment=perframe` with nothing else: SmolLM2's weights, one epoch of the synthetic
+    default in bf16 autocast, half the clips cut below their length; eval.py streams that model too."""
+    cfg = resolved(["+experiment=perframe"])
+    assert cfg["model"] == resolved(["+experiment=perframe", "model=smolvlm_256m_local"])["model"]
+    assert (cfg["trainer"]["max_epochs"], cfg["trainer"]["precision"]) == (1, "bf16-mixed")
+    d = cfg["data"]
+    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (120, 640, 0.5)
+    assert resolved([], "eval")["model"] == resolved(["model=smolvlm_256m_local"])["model"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_model_and_data_choice_composes(experiment):
-    supervision = {"perframe": ("perframe", 1.0, 10), "perturn": ("perturn", 0.1, 20)}[experiment]
+    supervision = {"perframe": ("perframe", 1.0, 1), "perturn": ("perturn", 0.1, 20)}[experiment]
     for model in (*SMOLVLM, *TINY):
         for data in ("synthetic", "clips"):
             cfg = resolved([f"+experiment={experiment}", f"model={model}", f"data={data}"]
@@ -121,8 +141,8 @@ def test_every_model_and_data_choice_composes(experiment):
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name
             assert d["_target_"] == "prospect.data.datamodule.ProspectDataModule" and d["seed"] == cfg["seed"], name
             if data == "synthetic":
-                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 200, name
-                assert d["synthetic"]["val_videos"] == 10 and d["restart_share"] == 0.5, name
+                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 120, name
+                assert d["synthetic"]["val_videos"] == 5 and d["restart_share"] == 0.5, name
             else:  # clip files: nothing of the synthetic generator
                 assert d["root"] == "/clips" and "synthetic" not in d and "num_videos" not in d, name
                 assert d["files"] == {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}, name
@@ -141,8 +161,9 @@ def test_trainer_configs_compose():
     from lightning.pytorch.strategies import FSDPStrategy
 
     for experiment in EXPERIMENTS:
+        cpu = "bf16-mixed" if experiment == "perframe" else "32-true"  # the default run is sized for bf16 on a CPU
         for name, accelerator, precision, strategy in (
-                ("cpu", "cpu", "32-true", None), ("gpu", "gpu", "bf16-mixed", None),
+                ("cpu", "cpu", cpu, None), ("gpu", "gpu", "bf16-mixed", None),
                 ("ddp", "gpu", "bf16-mixed", "ddp"), ("fsdp", "gpu", "bf16-mixed", FSDPStrategy)):
             trainer = resolved([f"trainer={name}", f"+experiment={experiment}"])["trainer"]
             assert (trainer["accelerator"], trainer["precision"]) == (accelerator, precision), name
@@ -170,7 +191,14 @@ def test_debug_configs_are_the_run_shrunk():
               "callbacks.streaming_validation.max_new_tokens": 4}  # ${stream.max_new_tokens}
     csv = {"logger._target_": "lightning.pytorch.loggers.CSVLogger", "logger.name": "csv"}  # save_dir: the same
     data = {"data.num_videos": 3, "data.synthetic.val_videos": 1, "data.synthetic.test_videos": 2,
-            "data.synthetic.image_size": 32, "data.synthetic.eval_step_seconds": [2, 4]}
+            "data.synthetic.image_size": 32, "data.synthetic.eval_step_seconds": [2, 4],
+            "data.synthetic.num_steps": [3, 5], "data.synthetic.step_seconds": [10, 14],
+            "data.synthetic.eval_num_steps": [5, 5], "data.restart_len": 1024,
+            # the tiny model trained from scratch, in fp32, streamed at every setting
+            "model.backbone.source": "tiny", "model.backbone.build": None, "model.tokens_per_frame": 16,
+            "model.net.lora_r": 64, "model.net.lora_alpha": 128, "trainer.precision": "32-true",
+            "callbacks.streaming_validation.settings": ["none", "drop_middle_1k", "summarize_1k", "dst_state_1k"],
+            "callbacks.streaming_validation.every_n_epochs": 5}
     for debug, changed in (("default", {**shrink, **csv}), ("fast", {**shrink, **csv, **data})):
         after = leaves(resolved(["+experiment=perframe", f"+debug={debug}"]))
         assert {k: v for k, v in after.items() if base.get(k, "absent") != v} == changed, debug

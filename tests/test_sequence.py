@@ -133,9 +133,44 @@ def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
     for k, clip in enumerate(clips):
         clip.id, clip.video.end_frame = f"hand/{k}", 100
     b = SequenceBuilder(tokenizer, 2)
-    limit = len(b.build(clips[0])[0]) // 2
+    limit = len(b.build(clips[0])[0]) * 3 // 4  # half of it still holds the prompt and the frames up to the reply
     whole = SequenceDataset(clips, b, FrameInputs(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.0)
     half = SequenceDataset(clips, b, FrameInputs(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.5)
     cut = {clips[c].id for c, seq in half.items if len(seq) <= limit}
     assert len(whole) == 40 and 10 < len(cut) < 30  # about half the clips, each cut into several sequences
-    assert len(half) == 40 - len(cut) + sum(len(b.build(c, limit)) for c in clips if c.id in cut)
+    # each cut clip as one of the two restarts leaves the cache: summarize's parts end with a summary
+    request = b.turn_ids_of("system", "Please summarize the progress.")
+    summarized = {clips[c].id for c, seq in half.items if _contains(seq.input_ids, request)}
+    assert 0 < len(summarized) < len(cut)
+    # each cut clip at its own length (restart_len / 2 .. restart_len), so restarts come at different points
+    first = {}
+    for c, seq in half.items:
+        first.setdefault(clips[c].id, seq)
+    assert len({len(first[i]) for i in cut}) > 5 and min(len(first[i]) for i in cut) < limit * 3 // 4
+    assert all(len(seq) <= limit for c, seq in half.items if clips[c].id in cut)
+
+
+def _contains(ids: list[int], part: list[int]) -> bool:
+    return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
+
+
+def test_dst_state_cut_restarts_from_the_state_alone(tokenizer):
+    """A clip cut as the dst_state strategy restarts: a part just stops after a frame's turns, and the next starts
+    from the prompt with the state reached and the knowledge, with no progress (that strategy generates none)."""
+    clip = hand_clip()
+    clip.video.end_frame = 100
+    b = SequenceBuilder(tokenizer, 2, system_prompt="Please help.")
+    limit = len(b.build(clip)[0]) // 2
+    parts = b.build(clip, limit, restart="dst_state")
+    assert len(parts) >= 2 and all(len(p) <= limit for p in parts)
+    assert [f for p in parts for f in p.frames] == list(range(10, 100))  # every frame once: nothing is re-fed
+    request = b.turn_ids_of("system", "Please summarize the progress.")
+    assert not any(_contains(p.input_ids, request) for p in parts)
+    restarted = ("<|im_start|>System: Please help.\nGoal: build\nSteps: S1 = place the red circle\n"
+                 "State: S1 in_progress<end_of_utterance>")
+    for p in parts[1:]:
+        prompt = tokenizer.decode(p.input_ids[:p.input_ids.index(b.around_image_id)])
+        assert prompt == restarted
+    assert tokenizer.decode(parts[0].input_ids[-len(b.frame_ids()):]) == tokenizer.decode(b.frame_ids())
+    with pytest.raises(ValueError, match="restart must be one of summarize, dst_state"):
+        b.build(clip, limit, restart="drop_all")

@@ -87,9 +87,10 @@ def test_our_prompts_keep_smolvlm_special_tokens_whole(local):
     assert tokenizer(tokenizer.decode(seq.input_ids), add_special_tokens=False).input_ids == seq.input_ids
 
 
-def test_perframe_local_trains_streams_and_exports(smollm2_dir, tmp_path):
-    """The experiment users run (`+experiment=perframe_local`) shrunk: two training steps with SmolVLM's
-    tokenizer layout, streaming validation of one clip, then the exported adapter streams as the checkpoint."""
+def test_the_default_model_trains_streams_and_exports(smollm2_dir, tmp_path):
+    """The run users run (`+experiment=perframe` on the default model, in its bf16 autocast) shrunk: two training
+    steps with SmolVLM's tokenizer layout, streaming validation of one clip, then the exported adapter streams as
+    the checkpoint."""
     from itertools import islice
 
     from conftest import compose_train
@@ -100,7 +101,8 @@ def test_perframe_local_trains_streams_and_exports(smollm2_dir, tmp_path):
     from prospect.stream import StreamingGenerator
     from prospect.train import train
 
-    cfg = compose_train(tmp_path, ["+experiment=perframe_local", "trainer.max_epochs=1", "test=false",
+    cfg = compose_train(tmp_path, ["+experiment=perframe", "model=smolvlm_256m_local", "trainer.precision=bf16-mixed",
+                                   "trainer.max_epochs=1", "test=false",
                                    "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1"])
     metrics = train(cfg)
     assert metrics["train/loss"] > 0 and "stream/none/f1" in metrics
@@ -113,3 +115,33 @@ def test_perframe_local_trains_streams_and_exports(smollm2_dir, tmp_path):
     got = list(islice(StreamingGenerator.from_pretrained(str(out), **kwargs).stream(clip), 3))
     assert [(r.text, r.dst_text) for r in got] == [(r.text, r.dst_text) for r in want]  # test_export: non-empty
     assert [r.speaking_prob for r in got] == pytest.approx([r.speaking_prob for r in want], abs=1e-5)
+
+
+
+def test_the_default_cuts_its_training_clips_as_restarts_leave_the_cache(local, tmp_path):
+    """Issue #24: at 4 tokens per frame the default's training clips were shorter than data.restart_len, so the
+    model almost never saw a restarted prompt. With the default data config every training clip is longer than
+    restart_len (so a clip of the restart share is cut at least once), and a test video, said as the reference
+    says it, holds more tokens than two dst_state_1k compressions need (the setting that restarts with the most
+    room: the prompt alone): the first comes when the cache cannot hold a frame and its turns (`room`) within the
+    budget, the second once the restarted prompt has grown to that again."""
+    from hydra import compose, initialize_config_dir
+
+    from prospect.data.synthetic import synthesize
+    from prospect.stream import StreamingGenerator
+    from prospect.stream.generator import StreamOptions
+    from prospect.stream.strategies import make_strategy
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=perframe"])
+    settings = {k: v for k, v in cfg.data.synthetic.items() if k not in ("val_videos", "test_videos")}
+    clips = synthesize(tmp_path, 12, cfg.seed, val_videos=0, test_videos=1, **{**settings, "image_size": 16})
+    vlm, tokenizer = local[:2]
+    b = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt)
+    assert min(len(b.build(c)[0]) for c in clips["train"]) > cfg.data.restart_len
+    gen = StreamingGenerator(vlm, tokenizer, cfg.model.tokens_per_frame, max_new_tokens=cfg.stream.max_new_tokens)
+    test = clips["test"][0]
+    stream = gen.stream(test, options=StreamOptions(make_strategy("dst_state_1k")))
+    budget, prompt = stream.strategy.budget, len(stream.prompt())
+    need = 2 * (budget - stream.room) - prompt
+    assert len(b.build(test)[0]) > need > 1500, need

@@ -421,6 +421,29 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, 
     assert text.startswith(f"<|im_start|>System: {prompt}{EOT}<fake_token_around_image>")
 
 
+def test_dst_state_restarts_as_training_cuts_for_it(tiny_dir, files):
+    """After a dst_state restart the cache starts with the very prompt that a clip cut for that restart starts its
+    later sequences with: the prompt and the knowledge turn, and no progress, though upstream's assistant turns
+    carry one (summarize's cut keeps it; this strategy generates none)."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    from prospect.stream.strategies import DstStateRefresh
+
+    clip = _load(files["l0"])[1]
+    assert any(e.progress for e in clip.events if e.role == "assistant")
+    gen = StreamingGenerator(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
+                             speaking_threshold=2.0, dst_update_threshold=2.0)
+    stream = gen.stream(clip)
+    assert list(stream)[-1].compressions >= 2
+    b = gen.builder
+    held = stream.cache.token_ids.tolist()
+    restarted = held[:held.index(b.around_image_id)]
+    assert tok.decode(restarted) == f"<|im_start|>System: {PROMPT_A} Task knowledge: {KNOWLEDGE}{EOT}"
+    parts = b.build(clip, 300, restart="dst_state")
+    assert len(parts) >= 3
+    for part in parts[1:]:
+        assert part.input_ids[:part.input_ids.index(b.around_image_id)] == restarted
+
+
 def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
     from prospect.stream.strategies import DropMiddle

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -89,14 +90,15 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
     stream = cfg.stream
     kwargs = {"max_new_tokens": stream.max_new_tokens, "max_summary_tokens": stream.max_summary_tokens,
               "do_sample": stream.do_sample, "device": pick_device(cfg.device)}
+    dtype = getattr(torch, stream.dtype)
     if cfg.ckpt_path:
-        generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs)
+        generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs).to(dtype=dtype)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else generator.run_config["data"]
         return generator, data
     if not cfg.get("data"):
         raise ValueError("without ckpt_path, give the data to evaluate on (data=synthetic, data=clips ...)")
     generator = StreamingGenerator.from_config(OmegaConf.to_container(cfg.model, resolve=True), **kwargs)
-    return generator, OmegaConf.to_container(cfg.data, resolve=True)
+    return generator.to(dtype=dtype), OmegaConf.to_container(cfg.data, resolve=True)
 
 
 def _clips(datamodule, split: str, num_clips: int | None) -> list:

@@ -7,7 +7,7 @@ over by `attach` once the model is built."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from prospect.data.batch import Sample, collate
 from prospect.data.clip import Clip
 from prospect.data.dataset import ClipDataset
-from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT, SequenceBuilder, decision_mask
+from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT, RESTARTS, SequenceBuilder, decision_mask
 from prospect.data.splits import whole_videos
 
 SPLITS = ("train", "val", "test")
@@ -31,16 +31,21 @@ FrameReader = Callable[[Clip, list[int]], tuple[Tensor, Tensor | None]]
 
 class SequenceDataset(Dataset):
     """The sequences of a list of clips, with frames and the decision mask produced on access. A share
-    `restart_share` of the clips (drawn once from the seed) is cut into sequences of at most `restart_len`
-    tokens, each starting from the prompt with the state and a summary: how the cache looks after a restart
-    (summarize, dst_state), which a model trained only on whole clips never sees."""
+    `restart_share` of the clips (drawn once from the seed) is cut into sequences of at most a length drawn per
+    clip between restart_len / 2 and `restart_len` tokens, each clip as one of the `restarts` strategies (drawn
+    with it: SequenceBuilder.build) leaves the cache after a restart, which a model trained only on whole clips
+    never sees. The drawn lengths put restarts anywhere in a clip, not always at the same point of a task."""
 
     def __init__(self, clips: list[Clip], builder: SequenceBuilder, frames: FrameReader, neg_frame_rate: float,
-                 supervision: str, seed: int, restart_len: int | None = None, restart_share: float = 0.0):
+                 supervision: str, seed: int, restart_len: int | None = None, restart_share: float = 0.0,
+                 restarts: Sequence[str] = RESTARTS):
         self.clips, self.frames = clips, frames
-        restarted = np.random.default_rng([seed, 1]).random(len(clips)) < restart_share
+        rng = np.random.default_rng([seed, 1])
+        restarted = rng.random(len(clips)) < restart_share
+        kinds = rng.integers(len(restarts), size=len(clips))
+        limits = rng.integers((restart_len or 0) // 2, (restart_len or 0) + 1, size=len(clips))
         self.items = [(c, seq) for c, clip in enumerate(clips)
-                      for seq in builder.build(clip, restart_len if restarted[c] else None)]
+                      for seq in builder.build(clip, int(limits[c]) if restarted[c] else None, restarts[kinds[c]])]
         self.neg_frame_rate = neg_frame_rate
         self.supervision, self.seed = supervision, seed
         self.epoch = 0
@@ -99,6 +104,7 @@ class ProspectDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         restart_len: int | None = None,
         restart_share: float = 0.0,
+        restarts: Sequence[str] = RESTARTS,
         seed: int = 0,
     ):
         super().__init__()
@@ -110,7 +116,9 @@ class ProspectDataModule(L.LightningDataModule):
                                                                                max_seq_len, seed)
         if not 0 <= restart_share <= 1:
             raise ValueError(f"restart_share must be in [0, 1], got {restart_share}")
-        self.restart_len, self.restart_share = restart_len, restart_share
+        if not restarts or set(restarts) - set(RESTARTS):
+            raise ValueError(f"restarts must name some of {', '.join(RESTARTS)}, got {list(restarts)}")
+        self.restart_len, self.restart_share, self.restarts = restart_len, restart_share, list(restarts)
         self.group_by_length = group_by_length
         self.feature_store = feature_store  # path (python -m prospect.data features), opened by the model
         self.builder: SequenceBuilder | None = None  # both given by attach
@@ -160,7 +168,8 @@ class ProspectDataModule(L.LightningDataModule):
             if split not in self.datasets and (self.root / self.files[split]).exists():
                 restarts = (self.restart_len, self.restart_share) if split == "train" else (None, 0.0)
                 self.datasets[split] = SequenceDataset(self.clips(split), self.builder, self.frames,
-                                                       self.neg_frame_rate, self.supervision, self.seed, *restarts)
+                                                       self.neg_frame_rate, self.supervision, self.seed, *restarts,
+                                                       self.restarts)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]

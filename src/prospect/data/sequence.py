@@ -22,12 +22,13 @@ model did not decide to speak there), one that a user turn follows with nothing 
 unlabeled: the answer comes a frame later), and every frame of a summary-only clip (`metadata.summary_only`,
 upstream's `summary_*` files). Long clips are split at frame boundaries: a sequence cut short ends with that
 request, the next frame and the progress so far; the next one starts from the prompt with the DST state, the
-progress and the knowledge turn, as upstream's later splits and the summarize strategy's restarted cache do.
+progress and the knowledge turn, as upstream's later splits and the summarize strategy's restarted cache do (or,
+cut as the dst_state strategy restarts, a sequence just stops and the next carries no progress).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import apply_updates
@@ -43,6 +44,7 @@ INPUT_ROLES = ("system", "user")
 IGNORE = -100
 # Words the prompt layout itself uses (for training a tokenizer that encodes them compactly).
 SUMMARIZE_REQUEST = "Please summarize the progress."  # the system turn that asks for a summary
+RESTARTS = ("summarize", "dst_state")  # the restarted caches a cut training clip can show (SequenceBuilder.build)
 PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Goal:", "Knowledge:", "Steps:", "State:", "not_started",
                 "in_progress", "completed", "->start", "->complete", SUMMARIZE_REQUEST]
 DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video, keep track of the task steps, "
@@ -144,14 +146,19 @@ class SequenceBuilder:
         return self.header_ids(role) + self.body_ids(text)
 
     # -- whole clips ----------------------------------------------------------------------------------------
-    def build(self, clip: Clip, max_seq_len: int | None = None) -> list[TokenSequence]:
-        """The clip as one sequence, or several when it exceeds max_seq_len (this call's, else the builder's).
-        A sequence cut short ends as the summarize strategy's cache does before its restart: the summary request,
-        the next frame and the progress so far as the (learned) answer; the next one starts from the prompt with
-        the state, that progress and the knowledge, as the restarted cache does."""
+    def build(self, clip: Clip, max_seq_len: int | None = None, restart: str = "summarize") -> list[TokenSequence]:
+        """The clip as one sequence, or several when it exceeds max_seq_len (this call's, else the builder's),
+        each cut as the cache of the `restart` strategy is before and after its restart. `summarize`: a sequence
+        cut short ends with the summary request, the next frame and the progress so far as the (learned) answer;
+        the next one starts from the prompt with the state, that progress and the knowledge. `dst_state`: a
+        sequence just stops; the next one starts from the prompt with the state and the knowledge, and no progress
+        but the clip's own (that strategy generates none)."""
+        if restart not in RESTARTS:
+            raise ValueError(f"restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
         max_seq_len = max_seq_len or self.max_seq_len
         head_targets = not clip.metadata.get("summary_only")  # upstream's summary files train summaries alone
         context = PromptContext.of(clip)
+        kept_progress = context.progress  # what a dst_state restart carries
         by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
         seq = self._start(clip, context)
@@ -164,13 +171,13 @@ class SequenceBuilder:
             events = by_frame.get(f, [])
             piece = TokenSequence(clip.id, clip.fps)  # rendered alone first, to split before it if needed
             self._add_frame(piece, f, events, head_targets)
-            if max_seq_len and context.progress != measured:  # re-rendered only when the progress changes
-                measured = context.progress
+            if max_seq_len and restart == "summarize" and context.progress != measured:  # re-rendered only when
+                measured = context.progress                                                 # the progress changes
                 room = len(self._closing(clip, f, measured)) if measured else 0
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
                 if measured:
                     seq.extend(self._closing(clip, f, measured))
-                seq = self._start(clip, context)
+                seq = self._start(clip, context if restart == "summarize" else replace(context, progress=kept_progress))
                 sequences.append(seq)
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
                 raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece) + room} "
