@@ -148,6 +148,15 @@ def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
         first.setdefault(clips[c].id, seq)
     assert len({len(first[i]) for i in cut}) > 5 and min(len(first[i]) for i in cut) < limit * 3 // 4
     assert all(len(seq) <= limit for c, seq in half.items if clips[c].id in cut)
+    # clips cut only for being longer than the builder's max_seq_len (as upstream's long files are) keep upstream's
+    # layout: each part but the last ends with a summary
+    long = SequenceDataset(clips, SequenceBuilder(tokenizer, 2, max_seq_len=limit), FrameInputs(32), 1.0, "perframe",
+                           seed=0, restart_len=limit, restart_share=0.0)
+    parts = {}
+    for c, seq in long.items:
+        parts.setdefault(c, []).append(seq)
+    assert len(long) > 40 and all(len(p) >= 2 and all(_contains(q.input_ids, request) for q in p[:-1])
+                                  for p in parts.values())
 
 
 def _contains(ids: list[int], part: list[int]) -> bool:

@@ -117,7 +117,6 @@ def test_the_default_model_trains_streams_and_exports(smollm2_dir, tmp_path):
     assert [r.speaking_prob for r in got] == pytest.approx([r.speaking_prob for r in want], abs=1e-5)
 
 
-
 def test_the_default_cuts_its_training_clips_as_restarts_leave_the_cache(local, tmp_path):
     """Issue #24: at 4 tokens per frame the default's training clips were shorter than data.restart_len, so the
     model almost never saw a restarted prompt. With the default data config every training clip is longer than
@@ -139,6 +138,9 @@ def test_the_default_cuts_its_training_clips_as_restarts_leave_the_cache(local, 
     vlm, tokenizer = local[:2]
     b = SequenceBuilder(tokenizer, cfg.model.tokens_per_frame, cfg.model.system_prompt)
     assert min(len(b.build(c)[0]) for c in clips["train"]) > cfg.data.restart_len
+    for clip in clips["train"]:  # the shortest length a cut clip may draw holds every part of either layout
+        for restart in ("summarize", "dst_state"):
+            assert len(b.build(clip, cfg.data.restart_len * 2 // 3, restart)) >= 2
     gen = StreamingGenerator(vlm, tokenizer, cfg.model.tokens_per_frame, max_new_tokens=cfg.stream.max_new_tokens)
     test = clips["test"][0]
     stream = gen.stream(test, options=StreamOptions(make_strategy("dst_state_1k")))

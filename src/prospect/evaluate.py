@@ -38,8 +38,11 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
         datamodule.prepare_data()
     encoder = load_encoder(cfg.encoder, cfg.paths.models_dir)
-    # None: frames are encoded
+    # None: frames are encoded (opened on the float32 model, whose fingerprint the store records)
     store = open_feature_store(datamodule.feature_store, generator.model, generator.tokens_per_frame)
+    if cfg.stream.dtype not in DTYPES:
+        raise ValueError(f"stream.dtype must be one of {', '.join(DTYPES)}, got {cfg.stream.dtype!r}")
+    generator.to(dtype=DTYPES[cfg.stream.dtype])
     settings = list(cfg.stream.settings)
     window = tuple(cfg.window) if cfg.window else None
     thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
@@ -80,6 +83,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return report
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # stream.dtype
 _TABLE = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "step_naming_accuracy", "turn_type_accuracy",
           "time_diff", "dst_f1", "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens", "compressions",
           "frames_beyond_max_positions")
@@ -90,15 +94,14 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
     stream = cfg.stream
     kwargs = {"max_new_tokens": stream.max_new_tokens, "max_summary_tokens": stream.max_summary_tokens,
               "do_sample": stream.do_sample, "device": pick_device(cfg.device)}
-    dtype = getattr(torch, stream.dtype)
     if cfg.ckpt_path:
-        generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs).to(dtype=dtype)
+        generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else generator.run_config["data"]
         return generator, data
     if not cfg.get("data"):
         raise ValueError("without ckpt_path, give the data to evaluate on (data=synthetic, data=clips ...)")
     generator = StreamingGenerator.from_config(OmegaConf.to_container(cfg.model, resolve=True), **kwargs)
-    return generator.to(dtype=dtype), OmegaConf.to_container(cfg.data, resolve=True)
+    return generator, OmegaConf.to_container(cfg.data, resolve=True)
 
 
 def _clips(datamodule, split: str, num_clips: int | None) -> list:

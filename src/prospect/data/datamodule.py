@@ -32,7 +32,8 @@ FrameReader = Callable[[Clip, list[int]], tuple[Tensor, Tensor | None]]
 class SequenceDataset(Dataset):
     """The sequences of a list of clips, with frames and the decision mask produced on access. A share
     `restart_share` of the clips (drawn once from the seed) is cut into sequences of at most a length drawn per
-    clip between restart_len / 2 and `restart_len` tokens, each clip as one of the `restarts` strategies (drawn
+    clip between 2/3 of `restart_len` and `restart_len` tokens (the lower end still holds a restarted prompt, a
+    frame with its turns and a summary), each clip as one of the `restarts` strategies (drawn
     with it: SequenceBuilder.build) leaves the cache after a restart, which a model trained only on whole clips
     never sees. The drawn lengths put restarts anywhere in a clip, not always at the same point of a task."""
 
@@ -43,9 +44,10 @@ class SequenceDataset(Dataset):
         rng = np.random.default_rng([seed, 1])
         restarted = rng.random(len(clips)) < restart_share
         kinds = rng.integers(len(restarts), size=len(clips))
-        limits = rng.integers((restart_len or 0) // 2, (restart_len or 0) + 1, size=len(clips))
-        self.items = [(c, seq) for c, clip in enumerate(clips)
-                      for seq in builder.build(clip, int(limits[c]) if restarted[c] else None, restarts[kinds[c]])]
+        limits = rng.integers((restart_len or 0) * 2 // 3, (restart_len or 0) + 1, size=len(clips))
+        self.items = [(c, seq) for c, clip in enumerate(clips)  # clips cut only for length: upstream's layout
+                      for seq in (builder.build(clip, int(limits[c]), restarts[kinds[c]]) if restarted[c]
+                                  else builder.build(clip))]
         self.neg_frame_rate = neg_frame_rate
         self.supervision, self.seed = supervision, seed
         self.epoch = 0

@@ -158,13 +158,13 @@ class SequenceBuilder:
         max_seq_len = max_seq_len or self.max_seq_len
         head_targets = not clip.metadata.get("summary_only")  # upstream's summary files train summaries alone
         context = PromptContext.of(clip)
-        kept_progress = context.progress  # what a dst_state restart carries
         by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
         seq = self._start(clip, context)
         before = by_frame.get(clip.video.start_frame - 1, [])
         self._add_turns(seq, before)
         context.advance(before)
+        kept_progress = context.progress  # what a dst_state restart carries: the stream is given these turns too
         sequences = [seq]
         measured, room = None, 0  # the progress whose closing was measured, and its tokens (it must fit too)
         for f in clip.frame_indices:
