@@ -194,7 +194,7 @@ def test_demo_writes_transcript_and_subtitles(trained, tmp_path, capsys):
     task.write_text(json.dumps({"goal": "build the comet board", "steps": ["place the red circle", "place the blue "
                                 "square"], "user": [{"time": 0, "text": "I want to build the comet board."}]}))
     assert main([metrics["checkpoint"], "--video", str(frames), "--task", str(task), "--say", "2.2", "done?",
-                 "--speaking-threshold", "0", "--max-new-tokens", "3", "--dtype", "bf16", "--device", "auto",
+                 "--speaking-threshold", "0", "--max-new-tokens", "3", "--dtype", "bfloat16", "--device", "auto",
                  "--out"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("task: build the comet board (2 steps, 2 fps, 8 frames") and out[0].endswith("bf16)")

@@ -10,6 +10,7 @@ from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames, encode_frames, pixels
 from prospect.stream import StreamingGenerator, make_strategy
 from prospect.stream.cache import CacheState
+from prospect.stream.generator import stream_dtype
 from prospect.stream.strategies import (
     DropAll,
     DropMiddle,
@@ -206,6 +207,12 @@ def test_named_settings():
     assert make_strategy("sink_recent_1k").position_mode == "rerotate"
     with pytest.raises(ValueError, match="unknown streaming setting"):
         make_strategy("drop_some_1k")
+
+
+def test_stream_dtypes_by_name():
+    assert stream_dtype("bfloat16") is torch.bfloat16 and stream_dtype("float32") is torch.float32
+    with pytest.raises(ValueError, match="float32, bfloat16, got 'fp16'"):
+        stream_dtype("fp16")
 
 
 def test_budget_too_small_for_what_must_be_kept(gen, clip):

@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -25,7 +24,7 @@ from prospect.eval.report import (
 )
 from prospect.eval.streaming import calibrate, evaluate
 from prospect.model.features import open_feature_store
-from prospect.stream.generator import StreamingGenerator, pick_device
+from prospect.stream.generator import StreamingGenerator, pick_device, stream_dtype
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     encoder = load_encoder(cfg.encoder, cfg.paths.models_dir)
     # None: frames are encoded (opened on the float32 model, whose fingerprint the store records)
     store = open_feature_store(datamodule.feature_store, generator.model, generator.tokens_per_frame)
-    if cfg.stream.dtype not in DTYPES:
-        raise ValueError(f"stream.dtype must be one of {', '.join(DTYPES)}, got {cfg.stream.dtype!r}")
-    generator.to(dtype=DTYPES[cfg.stream.dtype])
+    generator.to(dtype=stream_dtype(cfg.stream.dtype))
     settings = list(cfg.stream.settings)
     window = tuple(cfg.window) if cfg.window else None
     thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
@@ -83,7 +80,6 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return report
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # stream.dtype
 _TABLE = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "step_naming_accuracy", "turn_type_accuracy",
           "time_diff", "dst_f1", "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens", "compressions",
           "frames_beyond_max_positions")

@@ -21,15 +21,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.frames import open_frames
 from prospect.data.load import load_clips
 from prospect.data.timebase import frame_at, frame_end_time
-from prospect.stream.generator import StreamingGenerator, pick_device
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from prospect.stream.generator import DTYPES, StreamingGenerator, pick_device, stream_dtype
 
 
 @dataclass
@@ -169,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: the exported model's calibrated one for --setting, else 0.5")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--reference", action="store_true", help="also print the clip's reference turns")
     parser.add_argument("--out", nargs="?", const="",
                         help="write <name>.transcript.json and <name>.vtt into this folder (no value: beside "
@@ -199,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ("dst_update_threshold", args.dst_update_threshold)) if v is not None}
     generator = StreamingGenerator.load(str(args.model), setting=args.setting, device=pick_device(args.device),
                                         max_new_tokens=args.max_new_tokens, **thresholds)
-    generator.to(dtype=DTYPES[args.dtype])
+    generator.to(dtype=stream_dtype(args.dtype))
     print(f"task: {clip.task.goal or clip.id} ({len(clip.task.steps)} steps, {clip.fps:g} fps, "
           f"{len(clip.frame_indices)} frames, setting {generator.strategy.name}, device {generator.device}, "
           f"{args.dtype})", flush=True)

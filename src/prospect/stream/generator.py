@@ -72,6 +72,16 @@ def fold_adapter(vlm: SmolVLMForConditionalGeneration) -> SmolVLMForConditionalG
     return vlm
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # what a stream may run in (eval.py, the demo)
+
+
+def stream_dtype(name: str) -> torch.dtype:
+    """The dtype named `name` (a key of DTYPES), or an error that lists the names."""
+    if name not in DTYPES:
+        raise ValueError(f"stream dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
 def pick_device(name: str) -> str:
     """`auto`: cuda when present, else cpu; any other name as given."""
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
