@@ -2,30 +2,32 @@
 in one run: training steps, then streaming throughput.
 
     python benchmarks/precision.py [--steps 12] [--warmup 1] [--videos 8] [--frames N] [--dtypes float32,bfloat16]
-                                   [--batch-sizes 8,16] [--json PATH]
+                                   [--batch-sizes 8,16] [--json PATH] [--smoke] [OVERRIDE ...]
 
 Training: the default run's model and data are built as train.py builds them (`train +experiment=perframe`:
 SmolLM2-135M's weights with LoRA, the connector and the heads training; the synthetic data, which must already be
-there as that config describes it, or prepare_data generates it). The same first `--steps` training batches
-(one sequence each, read before timing) go through forward + the four losses + backward + gradient clipping +
-AdamW, once in fp32 and once with forward and loss under `torch.autocast("cpu", dtype=torch.bfloat16)`,
-backward outside it, as Lightning's bf16-mixed does. Both start from the same trainable weights and the same
-seed (LoRA dropout draws the same masks), after `--warmup` untimed forward + backward passes on the first
-batch, which change no weight. No learning-rate schedule: it does not change a step's time. Per precision:
-steps, tokens (every sequence token, frames included), seconds, ms per 1000 tokens, the time ratio fp32 / this
-precision, and the first step's losses (before any weight changes), whose largest difference from fp32 over the
-terms (total, lm, dst_gen, speaking, dst_update) is reported.
+there as that config describes it, or prepare_data generates it; OVERRIDEs change that config as on train.py's
+command line). The same first `--steps` training batches (one sequence each, read before timing) go through
+forward + the four losses + backward + gradient clipping + AdamW, once in fp32 and once with forward and loss
+under `torch.autocast("cpu", dtype=torch.bfloat16)`, backward outside it, as Lightning's bf16-mixed does. Both
+start from the same trainable weights and the same seed (LoRA dropout draws the same masks), after `--warmup`
+untimed forward + backward passes on the first batch, which change no weight. No learning-rate schedule: it does
+not change a step's time. Per precision: steps, tokens (every sequence token, frames included), seconds, ms per
+1000 tokens, the time ratio fp32 / this precision, and the first step's losses (before any weight changes), whose
+largest difference from fp32 over the terms (total, lm, dst_gen, speaking, dst_update) is reported.
 
 Streaming: `StreamingGenerator.from_config` of the same model config (untrained heads, thresholds 1.1: silent
 streams, but summarize still generates its summaries) streams the first `--videos` test videos (cut to their
-first `--frames` frames when given) at the four settings eval.py uses, through `stream_runs`, once per dtype
-(`generator.to(dtype=...)` of a float32 copy) and batch size. Frame features are computed once per dtype
-before timing (FeatureMemo), so the vision encoder is not timed. Per row: frames, seconds, frames/s, the
+first `--frames` frames when given) at the settings eval.py uses (the config's `stream`), through `stream_runs`,
+once per dtype (`generator.to(dtype=...)` of a float32 copy) and batch size. Frame features are computed once per
+dtype before timing (FeatureMemo), so the vision encoder is not timed. Per row: frames, seconds, frames/s, the
 speed-up over float32 at the same batch size, the largest difference of a head probability (speaking_prob,
 dst_update_prob over all records) from float32 at the same batch size, and the records whose other fields
 (text, DST, cache, compressions, summaries) differ from float32's.
 
 bf16 is fast on a CPU only with native bf16 instructions (avx512_bf16 or AMX); the cpu flags are printed first.
+`--smoke`: one step and one short video of the tiny model on `+debug=fast`'s data, in a temporary folder, in
+seconds (no measurement).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from common import parse_args
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,17 +58,18 @@ from prospect.model.module import ProspectModule
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = ["none", "drop_middle_1k", "summarize_1k", "dst_state_1k"]  # eval.py's (conf/stream/val_default.yaml)
 SILENT = (1.1, 1.1)  # (speaking, dst_update) thresholds above any probability
 LOSS_TERMS = ("total", "lm", "dst_gen", "speaking", "dst_update")
 SAME = ("frame", "text", "dst_text", "dst_state", "cache_tokens", "positions", "compressions", "summaries")
+# the tiny model and +debug=fast's data, built in the run's temporary folder rather than under the repository
+SMOKE = dict(steps=1, videos=1, frames=20, overrides=["+debug=fast", "paths.root_dir=${paths.output_dir}"])
 
 
-def default_config(output_dir: Path) -> DictConfig:
-    """`python train.py +experiment=perframe`'s config, composed as train.py composes it."""
+def default_config(output_dir: Path, overrides: list[str]) -> DictConfig:
+    """`python train.py +experiment=perframe [overrides]`'s config, composed as train.py composes it."""
     os.environ.setdefault("PROSPECT_ROOT", str(REPO))
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=["+experiment=perframe", f"paths.output_dir={output_dir}"])
+        return compose("train", overrides=["+experiment=perframe", f"paths.output_dir={output_dir}", *overrides])
 
 
 def cpu_flags() -> dict:
@@ -159,10 +163,10 @@ def cut(clip: Clip, frames: int | None) -> Clip:
     return replace(clip, video=replace(clip.video, end_frame=end))
 
 
-def streamed_records(generator: StreamingGenerator, clips: list[Clip], memo: FeatureMemo,
+def streamed_records(generator: StreamingGenerator, clips: list[Clip], settings: list[str], memo: FeatureMemo,
                      batch_size: int) -> tuple[list[FrameRecord], float]:
     """Every clip at every setting, silent; (all records, setting by setting, seconds)."""
-    runs: list[Run] = [(s, SILENT) for s in SETTINGS]
+    runs: list[Run] = [(s, SILENT) for s in settings]
     start = time.perf_counter()
     streamed = stream_runs(generator, clips, runs, memo, batch_size=batch_size)
     seconds = time.perf_counter() - start
@@ -172,6 +176,7 @@ def streamed_records(generator: StreamingGenerator, clips: list[Clip], memo: Fea
 def streaming(cfg: DictConfig, clips: list[Clip], dtypes: list[str], batch_sizes: list[int]) -> list[dict]:
     """Frames per second of eval.py's streams per dtype and batch size, against float32 at the same batch size."""
     stream = cfg.stream
+    settings = list(stream.settings)
     base = StreamingGenerator.from_config(OmegaConf.to_container(cfg.model, resolve=True),
                                           max_new_tokens=stream.max_new_tokens,
                                           max_summary_tokens=stream.max_summary_tokens, do_sample=stream.do_sample)
@@ -185,8 +190,8 @@ def streaming(cfg: DictConfig, clips: list[Clip], dtypes: list[str], batch_sizes
                 memo(clip, f)
         stream_runs(generator, [cut(clips[0], 4)], [("none", SILENT)], memo)  # warm-up, untimed
         for batch_size in batch_sizes:
-            records, seconds = streamed_records(generator, clips, memo, batch_size)
-            row = {"dtype": name, "batch_size": batch_size, "videos": len(clips), "streams": len(clips) * len(SETTINGS),
+            records, seconds = streamed_records(generator, clips, settings, memo, batch_size)
+            row = {"dtype": name, "batch_size": batch_size, "videos": len(clips), "streams": len(clips) * len(settings),
                    "frames": len(records), "seconds": seconds, "frames_per_s": len(records) / seconds}
             if name == "float32":
                 reference[batch_size] = (row, records)
@@ -221,7 +226,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="streaming dtypes")
     parser.add_argument("--batch-sizes", default="8,16", help="streaming batch sizes")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="config overrides, e.g. data.num_videos=40")
+    args = parse_args(parser, SMOKE)
     dtypes = args.dtypes.split(",")
     if unknown := [d for d in dtypes if d not in ("float32", "bfloat16", "float16")]:
         parser.error(f"--dtypes: unknown {unknown}")
@@ -230,7 +236,7 @@ def main() -> None:
     machine = cpu_flags()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = default_config(Path(tmp) / "output")
+        cfg = default_config(Path(tmp) / "output", args.overrides)
         print("\n| precision | steps | tokens | seconds | ms per 1k tokens | fp32 / this (time) | first-step loss "
               "| max first-step loss diff vs fp32 |")
         print("|---|---|---|---|---|---|---|---|")

@@ -2,7 +2,9 @@
 the throughput of batched streaming.
 
     python benchmarks/stream.py [--frames 2000] [--frames-large 600] [--models ...] [--strategies ...] [--json PATH]
+                                [--smoke]
     python benchmarks/stream.py --batch-sizes 1,4,8,16 [--videos 8] [--videos-large 2] [--models ...] [--json PATH]
+                                [--smoke]
 
 For each model (the embedded tiny SmolVLM, random weights in SmolVLM2-256M's true shapes, and SmolVLM-256M's
 pretrained language model of model=smolvlm_256m_local) and strategy:
@@ -12,11 +14,14 @@ ms per frame over the first and the last 100 frames, peak cache tokens and bytes
 generates its summaries. The 256M model's SigLIP at 512 px costs about 2 s per frame on 2 CPU cores whatever
 the strategy, so that model reuses 8 encoded frames in turn: its times are the text model's.
 
---batch-sizes: synthetic task videos of the demo's kind stream at the four settings eval.py uses, as
-eval.py runs them (stream_batched, every video x setting a stream), once per batch size, on the same
-precomputed frame features (the vision encoder is not timed). Per model and batch size: frames per second
-over all streams, the speed-up over batch 1 of the same run, and the largest difference of a head probability
-from batch 1 (the generated records must otherwise be equal, or the run fails).
+--batch-sizes: synthetic task videos of the demo's kind stream at the settings eval.py uses
+(conf/stream/val_default.yaml), as eval.py runs them (stream_batched, every video x setting a stream), once per
+batch size, on the same precomputed frame features (the vision encoder is not timed). Per model and batch size:
+frames per second over all streams, the speed-up over batch 1 of the same run, and the largest difference of a
+head probability from batch 1 (the generated records must otherwise be equal, or the run fails).
+
+--smoke: the tiny model only, `none` on a video just long enough for the naive baseline (or one video with
+--batch-sizes), in seconds (no measurement).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import PeakRSS
+from common import PeakRSS, parse_args
+from omegaconf import OmegaConf
 
 from prospect.data.synthetic import synthesize
 from prospect.model.backbone import load_backbone
@@ -40,8 +46,9 @@ from prospect.stream.cache import bytes_per_token
 from prospect.stream.generator import StreamOptions
 
 STRATEGIES = ["none", "drop_all_1k", "drop_middle_1k", "summarize_1k", "dst_state_1k", "sink_recent_1k"]
-EVAL_SETTINGS = ["none", "drop_middle_1k", "summarize_1k", "dst_state_1k"]  # conf/stream/val_default.yaml
 REPO = Path(__file__).resolve().parents[1]
+EVAL_STREAM = OmegaConf.load(REPO / "conf" / "stream" / "val_default.yaml")  # what eval.py streams with
+SMOKE = dict(models="tiny", frames=510, strategies="none", videos=1)  # 510: past the naive baseline's frame 500
 MODELS = {"tiny": dict(source="tiny", architecture=None, tokens_per_frame=4),
           "tiny (demo: 16 tokens per frame)": dict(source="tiny", architecture=None, tokens_per_frame=16),
           "smolvlm2-256m (random)": dict(source="tiny", architecture="smolvlm2-256m", tokens_per_frame=16),
@@ -84,7 +91,9 @@ def silent_generator(model_name: str, tiny_dir: Path, corpus: list[str]) -> Stre
     if spec.get("build"):
         build_backbone(spec["build"], spec["source"])
     vlm, tok = load_backbone(spec["source"], tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
-    return StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0)
+    return StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0,
+                              max_new_tokens=EVAL_STREAM.max_new_tokens,
+                              max_summary_tokens=EVAL_STREAM.max_summary_tokens, do_sample=EVAL_STREAM.do_sample)
 
 
 def frame_features(model_name: str, gen: StreamingGenerator, clip):
@@ -125,14 +134,14 @@ def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategie
 
 
 def throughput(model_name: str, videos: int, batch_sizes: list[int], tiny_dir: Path, data_root: Path) -> list[dict]:
-    """Frames per second of eval.py's streams (every video at every EVAL_SETTINGS) at each batch size."""
+    """Frames per second of eval.py's streams (every video at every setting of EVAL_STREAM) at each batch size."""
     clips = synthesize(data_root / f"batch-{model_name.split()[0]}", videos, seed=0, val_videos=0,
                        test_videos=0)["train"]
     gen = silent_generator(model_name, tiny_dir, [e.text for c in clips for e in c.events])
     encode = frame_features(model_name, gen, clips[0])
     with torch.no_grad():
         memo = {(c.id, f): encode(c, f) for c in clips for f in c.frame_indices}
-    jobs = [(c, s) for c in clips for s in EVAL_SETTINGS]
+    jobs = [(c, s) for c in clips for s in EVAL_STREAM.settings]
     rows, reference = [], None
     for batch_size in batch_sizes:
         starts = [lambda cache, c=c, s=s: gen.stream(c, lambda clip, f: memo[clip.id, f],
@@ -177,7 +186,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", help="measure batched streaming throughput at these batch sizes, e.g. 1,8")
     parser.add_argument("--videos", type=int, default=8, help="videos for the tiny model's throughput")
     parser.add_argument("--videos-large", type=int, default=2, help="videos for the 256M-shaped models' throughput")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     torch.manual_seed(0)
     if args.batch_sizes:
         sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -1,29 +1,32 @@
 """Training throughput with frame features cached vs encoded on the fly, side by side.
 
-    python benchmarks/train.py [--steps 4] [--frames 8] [--models tiny,smolvlm2-256m] [--json PATH]
+    python benchmarks/train.py [--steps 4] [--frames 8] [--batch 2] [--models tiny,smolvlm2-256m] [--timeout 1800]
+                               [--json PATH] [--smoke]
 
 For each model (the embedded tiny SmolVLM; random weights in SmolVLM2-256M's true shapes) and tokens per frame,
 one training step is forward + backward + AdamW on a batch of synthetic clips cut to `--frames` frames, with
 the connector frozen (what caching requires). `raw` encodes the frames with the vision encoder and connector
 at every step; `cached` reads them from a feature store written once beforehand (its one-time cost is printed
-apart). Every configuration runs in a fresh process, so its peak RSS is its own. Reports samples/s, tokens/s
-(sequence tokens, frames included), the cached/raw ratio and peak RSS.
+apart). Every configuration runs in a fresh process, so its peak RSS is its own; one that fails or runs past
+`--timeout` seconds stops the benchmark with its error. Reports samples/s, tokens/s (sequence tokens, frames
+included), the cached/raw ratio and peak RSS. `--smoke`: one step of the tiny model at its smallest tokens per
+frame, in seconds (no measurement).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import PeakRSS
+from common import PeakRSS, parse_args, run_isolated
 
 MODELS = {"tiny": dict(architecture=None, tokens_per_frame=[4, 16]),
           "smolvlm2-256m": dict(architecture="smolvlm2-256m", tokens_per_frame=[16, 64])}
+SMOKE = dict(steps=1, frames=2, batch=1, models="tiny", timeout=120)  # its children take seconds
 
 
 def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames: int, batch: int,
@@ -35,6 +38,7 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
     from prospect.data.synthetic import synthesize
     from prospect.model.backbone import load_backbone
     from prospect.model.features import FrameInputs, write_features
+    from prospect.model.losses import LossConfig, total_loss
     from prospect.model.prospect_model import ProspectModel
 
     torch.manual_seed(0)
@@ -59,9 +63,7 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
 
     def step() -> int:
         b = collate([data[i] for i in range(batch)], tok.pad_token_id)  # frames read (or looked up) every step
-        out = net(b)
-        loss = out["lm_logits"].float().logsumexp(-1).mean() + out["speaking_all"].float().pow(2).mean()
-        loss.backward()
+        total_loss(net(b), b, LossConfig())["total"].backward()
         optimizer.step()
         optimizer.zero_grad()
         return int(b.attention_mask.sum())
@@ -76,38 +78,27 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
             "store_seconds": setup, "frames": frames, "batch": batch, "steps": steps}
 
 
-def _child(queue, kwargs) -> None:
-    queue.put(measure(**kwargs))
-
-
-def run_isolated(**kwargs) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, kwargs))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--frames", type=int, default=8, help="frames per training sample")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds one configuration may take")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     rows = []
     print("| model | tokens/frame | features | samples/s | tokens/s | cached/raw | peak RSS MB | store s |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for model in args.models.split(","):
-            for tpf in MODELS[model]["tokens_per_frame"]:
+            sizes = MODELS[model]["tokens_per_frame"]
+            for tpf in sizes[:1] if args.smoke else sizes:
                 pair = {}
                 for features in ("raw", "cached"):
-                    row = run_isolated(model=model, tokens_per_frame=tpf, features=features, steps=args.steps,
-                                       frames=args.frames, batch=args.batch, work=work)
+                    row = run_isolated(measure, model=model, tokens_per_frame=tpf, features=features,
+                                       steps=args.steps, frames=args.frames, batch=args.batch, work=work,
+                                       timeout=args.timeout)
                     pair[features] = row
                     rows.append(row)
                     ratio = row["samples_per_s"] / pair["raw"]["samples_per_s"]
