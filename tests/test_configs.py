@@ -107,10 +107,12 @@ def test_local_smolvlm_256m_builds_under_the_models_folder():
 
 def test_the_default_run_is_the_pretrained_model():
     """`python train.py +experiment=perframe` with nothing else: SmolLM2's weights, one epoch of the synthetic
-    default in bf16 autocast, half the clips cut below their length; eval.py streams that model too."""
+    default in bf16 autocast with the plain head loss, half the clips cut below their length; eval.py streams
+    that model too."""
     cfg = resolved(["+experiment=perframe"])
     assert cfg["model"] == resolved(["+experiment=perframe", "model=smolvlm_256m_local"])["model"]
     assert (cfg["trainer"]["max_epochs"], cfg["trainer"]["precision"]) == (1, "bf16-mixed")
+    assert cfg["loss"]["balance"] == "plain"  # every frame weighs the same (docs/design.md, Losses)
     d = cfg["data"]
     assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (120, 640, 0.5)
     assert resolved([], "eval")["model"] == resolved(["model=smolvlm_256m_local"])["model"]
@@ -197,6 +199,7 @@ def test_debug_configs_are_the_run_shrunk():
             # the tiny model trained from scratch, in fp32, streamed at every setting
             "model.backbone.source": "tiny", "model.backbone.build": None, "model.tokens_per_frame": 16,
             "model.net.lora_r": 64, "model.net.lora_alpha": 128, "trainer.precision": "32-true",
+            "loss.balance": "class_balanced",
             "callbacks.streaming_validation.settings": ["none", "drop_middle_1k", "summarize_1k", "dst_state_1k"],
             "callbacks.streaming_validation.every_n_epochs": 5}
     for debug, changed in (("default", {**shrink, **csv}), ("fast", {**shrink, **csv, **data})):
