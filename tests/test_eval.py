@@ -108,6 +108,21 @@ def test_score_of_a_late_and_talkative_stream():
     assert streamed.compression_times() == [2.0] and m["compressions"] == 1
 
 
+def test_degeneration_of_a_looping_stream():
+    clip = _clip()
+    done, red = "all steps are done", "place the red circle"
+    looping = _records({1: red, 3: done, 4: done, 5: done, 7: red, 8: "hello"}, {})
+    looping[4].reply_capped = looping[8].reply_capped = True
+    calm = _records({1: red, 5: done}, {})
+    m = score("summarize_1k", (0.5, 0.5), [StreamedClip(clip, looping, 0), StreamedClip(clip, calm, 0)],
+              exact).metrics
+    # 8 replies; repeats of an earlier reply of the same stream: done at 4 and 5, red at 7 (the calm stream's
+    # replies are its first); the longest run: done, done, done; capped: 2 of 8
+    assert (m["repeated_reply_rate"], m["longest_repeat_run"], m["capped_reply_rate"]) == (3 / 8, 3, 2 / 8)
+    silent = score("none", (0.5, 0.5), [StreamedClip(clip, _records({}, {}), 0)], exact).metrics
+    assert (silent["repeated_reply_rate"], silent["longest_repeat_run"], silent["capped_reply_rate"]) == (0, 0, 0)
+
+
 def test_streaming_validation_logs_and_picks_the_checkpoint(trained):
     tmp, metrics = trained
     for key in ("stream/none/f1", "stream/dst_state_1k/dst_f1", "stream/summarize_1k/peak_cache_tokens",
@@ -197,7 +212,7 @@ def test_demo_writes_transcript_and_subtitles(trained, tmp_path, capsys):
                  "--speaking-threshold", "0", "--max-new-tokens", "3", "--dtype", "bfloat16", "--device", "auto",
                  "--out"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("task: build the comet board (2 steps, 2 fps, 8 frames") and out[0].endswith("bf16)")
+    assert out[0].startswith("task: build the comet board (2 steps, 2 fps, 8 frames") and out[0].endswith("bfloat16)")
     assert out[1] == "[00:00.0] user: I want to build the comet board."
     assert "[00:02.0] user: done?" in out  # decided after frame 3 (2.2 s falls in frame 4): shown at its end, 2.0 s
     report = json.loads((tmp_path / "frames.transcript.json").read_text())

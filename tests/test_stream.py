@@ -10,6 +10,7 @@ from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames, encode_frames, pixels
 from prospect.stream import StreamingGenerator, make_strategy
 from prospect.stream.cache import CacheState
+from prospect.stream.decoder import Turn
 from prospect.stream.generator import stream_dtype
 from prospect.stream.strategies import (
     DropAll,
@@ -172,7 +173,7 @@ def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
 def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
     outputs = iter(["S1->start", "S9->start", "complete S1", "S1->complete; S2->start", "S1->start"])
     monkeypatch.setattr(gen.decoder, "turn", lambda cache, role, max_new_tokens=None:  # the decoder, scripted
-                        next(outputs) if role == "dst" else "")
+                        Turn(next(outputs) if role == "dst" else "", False))
     gen.dst_update_threshold, gen.speaking_threshold = 0.0, 2.0
     stream = gen.stream(clip)
     states = [r.dst_state for _, r in zip(range(5), stream, strict=False)]

@@ -37,6 +37,7 @@ from prospect.data.timebase import frame_at
 from prospect.eval.dst_metrics import reference_states
 from prospect.eval.streaming import StreamedClip, reference_events, score, stream_runs
 from prospect.model.backbone import load_backbone
+from prospect.stream.decoder import Turn
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 
 
@@ -214,7 +215,8 @@ def test_fork_step_changes_stream_and_score_as_one_unit(tiny_dir, files, monkeyp
     assert reference == {3: "S1->start", 9: "S1->complete; S2->start", 19: "S2->complete; S3->start",
                          26: "S3->complete"}
     frames = iter(clip.frame_indices)
-    monkeypatch.setattr(gen.decoder, "turn", lambda cache, role, max_new_tokens=None: reference.get(next(frames), ""))
+    monkeypatch.setattr(gen.decoder, "turn",
+                        lambda cache, role, max_new_tokens=None: Turn(reference.get(next(frames), ""), False))
     records = list(gen.stream(clip))
     assert [r.dst_state for r in records] == reference_states(clip)
     assert records[9 - 3].dst_state == {"S1": "completed", "S2": "in_progress", "S3": "not_started"}

@@ -82,7 +82,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
 _TABLE = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "step_naming_accuracy", "turn_type_accuracy",
           "time_diff", "dst_f1", "dst_state_accuracy", "ms_per_frame", "peak_cache_tokens", "compressions",
-          "frames_beyond_max_positions")
+          "frames_beyond_max_positions", "repeated_reply_rate", "longest_repeat_run", "capped_reply_rate")
 
 
 def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:

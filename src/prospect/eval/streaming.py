@@ -182,11 +182,29 @@ def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], si
         "compressions": float(np.mean(compressions)) if compressions else 0.0,
         "min_compressions": min(compressions, default=0),
         "malformed_dst": sum(s.malformed_dst for s in streamed),
+        **degeneration(streamed),
         "frames_beyond_max_positions": sum(r.beyond_max_positions for r in records),
         "frames": len(records),
         "clips": len(streamed),
     })
     return SettingResult(setting, thresholds, streamed, dialog, dst, metrics)
+
+
+def degeneration(streamed: list[StreamedClip]) -> dict[str, float]:
+    """Looping text, which matching scores alone miss (ProAssist issue 3: the same reply over and over after a
+    summarize restart): the share of replies that repeat an earlier reply of their stream word for word, the
+    longest run of one reply said again and again in a stream, and the share of replies cut at the token cap."""
+    replies = [[(r.text, r.reply_capped) for r in s.records if r.text] for s in streamed]
+    total = sum(len(texts) for texts in replies)
+    repeated = sum(text in {t for t, _ in texts[:i]} for texts in replies for i, (text, _) in enumerate(texts))
+    longest = 0
+    for texts in replies:
+        run = 0
+        for i, (text, _) in enumerate(texts):
+            run = run + 1 if i and text == texts[i - 1][0] else 1
+            longest = max(longest, run)
+    return {"repeated_reply_rate": repeated / total if total else 0.0, "longest_repeat_run": longest,
+            "capped_reply_rate": sum(capped for texts in replies for _, capped in texts) / total if total else 0.0}
 
 
 def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:

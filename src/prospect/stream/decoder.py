@@ -8,6 +8,8 @@ fits its budget.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -42,10 +44,16 @@ class TurnDecoder:
                 break
         return ids
 
-    def turn(self, cache: CacheState, role: str, max_new_tokens: int | None = None) -> str:
+    def turn(self, cache: CacheState, role: str, max_new_tokens: int | None = None) -> Turn:
         """Append the role's header, generate the turn, return its text (without the end-of-turn token). A turn
         cut at max_new_tokens still gets its end-of-turn token, so the context stays as in training."""
         ids = self.generate(cache, cache.append(self.builder.header_ids(role)), max_new_tokens)
-        if not ids or ids[-1] != self.end_of_turn_id:
+        capped = not ids or ids[-1] != self.end_of_turn_id
+        if capped:
             cache.append([self.end_of_turn_id])
-        return self.builder.tokenizer.decode([t for t in ids if t != self.end_of_turn_id]).strip()
+        return Turn(self.builder.tokenizer.decode([t for t in ids if t != self.end_of_turn_id]).strip(), capped)
+
+
+class Turn(NamedTuple):
+    text: str
+    capped: bool  # cut at max_new_tokens: the model did not end the turn itself (a sign of looping text)
