@@ -84,7 +84,8 @@ def silent_generator(model_name: str, tiny_dir: Path, corpus: list[str]) -> Stre
     if spec.get("build"):
         build_backbone(spec["build"], spec["source"])
     vlm, tok = load_backbone(spec["source"], tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
-    return StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0)
+    return StreamingGenerator.untrained(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0,
+                                        dst_update_threshold=2.0)
 
 
 def frame_features(model_name: str, gen: StreamingGenerator, clip):

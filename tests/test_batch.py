@@ -41,7 +41,7 @@ STRATEGIES = [NoCompression(), DropAll(budget=300), DropMiddle(budget=360, keep_
 def gen(tiny_dir):
     vlm, tok = load_backbone(str(tiny_dir))
     torch.manual_seed(0)
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+    return StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ TPF = 4
 @pytest.fixture
 def gen(tiny_dir):
     vlm, tok = load_backbone(str(tiny_dir))
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+    return StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
 @pytest.fixture(params=["tiny", "smollm2"])
@@ -38,7 +38,7 @@ def backbone_dir(request, tiny_dir):
 @pytest.fixture
 def any_gen(backbone_dir):
     vlm, tok = load_backbone(str(backbone_dir))
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+    return StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
 def frame_features(gen, clip, frames):
@@ -124,7 +124,7 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(backbone_dir, clip):
     results = []
     for rerotate in (False, True):
         vlm, tok = load_backbone(str(backbone_dir))
-        g = StreamingGenerator(vlm, tok, TPF)
+        g = StreamingGenerator.untrained(vlm, tok, TPF)
         cache = CacheState(g.model)
         cache.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
         _feed_all(g, cache, clip, range(0, 25))
@@ -182,7 +182,7 @@ def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
 
 def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
+    gen = StreamingGenerator.untrained(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
                              max_summary_tokens=6, speaking_threshold=2.0, dst_update_threshold=2.0)
     records = list(gen.stream(clip))
     first = next(r for r in records if r.summaries)
@@ -196,6 +196,16 @@ def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     hidden = fresh.cache.append(chunks(gen, clip)[first.frame], frame_features(gen, clip, [first.frame]))
     assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)
     assert f"{gen.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt())
+
+
+def test_untrained_heads_only_when_asked_for_by_name(tiny_dir):
+    """A generator reads trained heads unless its constructor's name says they are not."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    with pytest.raises(TypeError, match="speaking_head"):
+        StreamingGenerator(vlm, tok, TPF)
+    gen = StreamingGenerator.untrained(vlm, tok, TPF)
+    hidden = vlm.config.text_config.hidden_size
+    assert gen.speaking_head.net[-1].in_features == gen.dst_head.net[-1].in_features == hidden
 
 
 def test_named_settings():

@@ -208,7 +208,7 @@ def test_fork_step_changes_stream_and_score_as_one_unit(tiny_dir, files, monkeyp
     """Streaming decodes one DST turn per frame: the fork's two same-time transitions, written as the model writes
     them ("S1->complete; S2->start"), move the tracked state by both, and each step change is one scored unit."""
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=0.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=0.0)
     (clip,) = _load(files["fork"])
     reference = {e.frame: e.text for e in reference_events(clip, "dst")}
     assert reference == {3: "S1->start", 9: "S1->complete; S2->start", 19: "S2->complete; S3->start",
@@ -294,7 +294,7 @@ def test_a_later_split_cut_again_restarts_as_upstream_writes_it(tiny_dir, files)
                                "<fake_token_around_image>")
     # streamed, it starts from its own prompt and a summarize restart replaces the progress likewise
     vlm, _ = load_backbone(str(tiny_dir))
-    stream = StreamingGenerator(vlm, tok, 1).stream(later)
+    stream = StreamingGenerator.untrained(vlm, tok, 1).stream(later)
     assert tok.decode(stream.initial_prompt) == f"<|im_start|>System: {later.system_prompt}{EOT}"
     stream.context.progress = "The water is boiling."  # what summarize() leaves for the restart
     assert tok.decode(stream.prompt()) == (f"<|im_start|>System: {PROMPT_B} The water is boiling. Task knowledge: "
@@ -374,7 +374,7 @@ def test_reference_scored_against_itself_is_perfect(files):
 
 def test_streaming_uses_the_clips_prompt_and_starts_from_the_given_state(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
     (dst_clip,) = _load(files["dst"])
     stream = gen.stream(dst_clip)
     first = next(stream)
@@ -397,7 +397,7 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, 
     from prospect.stream.cache import CacheState
     from prospect.stream.strategies import SummarizeAndDrop
 
-    gen = StreamingGenerator(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
+    gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
                              max_summary_tokens=5, speaking_threshold=2.0, dst_update_threshold=2.0)
     limits, generate = [], gen.decoder.generate
     monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
@@ -430,7 +430,7 @@ def test_dst_state_restarts_as_training_cuts_for_it(tiny_dir, files):
 
     clip = _load(files["l0"])[1]
     assert any(e.progress for e in clip.events if e.role == "assistant")
-    gen = StreamingGenerator(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
+    gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
                              speaking_threshold=2.0, dst_update_threshold=2.0)
     stream = gen.stream(clip)
     assert list(stream)[-1].compressions >= 2
@@ -448,7 +448,7 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
     vlm, tok = load_backbone(str(tiny_dir))
     from prospect.stream.strategies import DropMiddle
 
-    gen = StreamingGenerator(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
+    gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
                              speaking_threshold=2.0, dst_update_threshold=2.0)
     stream = gen.stream(_load(files["l0"])[1])
     records = list(stream)
@@ -468,7 +468,7 @@ def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
     from prospect.stream.strategies import UpstreamDropAll, UpstreamDropMiddle, UpstreamSummarize
 
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, max_new_tokens=4, speaking_threshold=2.0, dst_update_threshold=2.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, max_new_tokens=4, speaking_threshold=2.0, dst_update_threshold=2.0)
     clip = _load(files["l0"])[1]
     plain = gen.stream(clip)
     next(plain), next(plain)  # frames 0 and 1: the user's goal and the knowledge came with frame 1
@@ -493,7 +493,7 @@ def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
 def test_positions_past_the_models_maximum_are_reported(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
     vlm.config.text_config.max_position_embeddings = 300  # a long stream, shortened
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
     clip = _load(files["l0"])[0]
     with pytest.warns(UserWarning, match="past the model's max_position_embeddings"):
         records = list(gen.stream(clip))
@@ -509,7 +509,7 @@ def test_dialogs_of_one_video_stream_batched_as_alone(tiny_dir, files):
     of one video in flight together) equal batch 1; every frame is encoded once though its video's features are
     forgotten when its last stream ends."""
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, max_new_tokens=3)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, max_new_tokens=3)
     clips = _load(files["l0"]) + _load(files["dst"])
     encoded = Counter()
 

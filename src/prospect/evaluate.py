@@ -100,7 +100,7 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
         return generator, data
     if not cfg.get("data"):
         raise ValueError("without ckpt_path, give the data to evaluate on (data=synthetic, data=clips ...)")
-    generator = StreamingGenerator.from_config(OmegaConf.to_container(cfg.model, resolve=True), **kwargs)
+    generator = StreamingGenerator.untrained_from_config(OmegaConf.to_container(cfg.model, resolve=True), **kwargs)
     return generator, OmegaConf.to_container(cfg.data, resolve=True)
 
 

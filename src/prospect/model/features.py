@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from prospect.data.clip import Clip
-from prospect.model.backbone import fingerprint
+from prospect.model.hashing import fingerprint
 from prospect.model.vision import encode_frames, pixels
 
 IDENTITY_FILE = "identity.json"
