@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import apply_updates
-from prospect.data.proassist import KNOWLEDGE_PREFIX
+from prospect.data.formats.proassist import KNOWLEDGE_PREFIX
 
 END_OF_TURN = "<end_of_utterance>"
 PAD = "<|im_end|>"  # SmolVLM's pad token (SmolLM2's end of turn): never END_OF_TURN, which is attended to and learned

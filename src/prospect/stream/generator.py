@@ -67,8 +67,8 @@ class FrameRecord:
 
 def fold_adapter(vlm: SmolVLMForConditionalGeneration) -> SmolVLMForConditionalGeneration:
     """peft's merge: each LoRA layer's update folded into the weight it adapts, so the layer runs one matrix
-    product instead of three (the demo model streamed 1.5x faster on a CPU, the same text, probabilities within
-    1e-6). For inference only: a model that goes on training keeps its adapter apart."""
+    product instead of three (README, Evaluation, says how much faster). For inference only: a model that goes on
+    training keeps its adapter apart."""
     for module in vlm.modules():
         if isinstance(module, BaseTunerLayer) and not module.merged:
             module.merge()
