@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from counts import compressions_due, restarts
 from upstream import (
     DST_CLIP,
     FORK_CLIP,
@@ -49,6 +50,21 @@ def _load(path) -> list[Clip]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ClipWarning)
         return load_clips(path, check_frames=True)
+
+
+def fed(gen, clip) -> list[int]:
+    """Tokens a stream feeds at each frame of an upstream dialog: the frame and the user and system turns decided
+    after it (never the clip's prompt, nor the reference's summary requests)."""
+    b = gen.builder
+    return [len(b.frame_ids()) + sum(len(b.turn_ids(e)) for e in clip.events_after(f) if e.role in ("user", "system")
+                                     and e.kind not in ("prompt", "summarize_request")) for f in clip.frame_indices]
+
+
+def prompt_tokens(gen, clip, knowledge: bool = False) -> int:
+    """Tokens of PROMPT_A's dialog's prompt (upstream's system prompt alone) or, with `knowledge`, of a restarted
+    one (the prompt and the knowledge turn)."""
+    return len(gen.builder.prompt_ids(clip.task, clip.task.start_state(), system_prompt=PROMPT_A,
+                                      knowledge=f"Task knowledge: {KNOWLEDGE}" if knowledge else None))
 
 
 def test_three_dialogs_of_one_video_are_three_clips_on_one_frames_source(files):
@@ -433,13 +449,20 @@ def test_dst_state_restarts_as_training_cuts_for_it(tiny_dir, files):
     gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
                              speaking_threshold=2.0, dst_update_threshold=2.0)
     stream = gen.stream(clip)
-    assert list(stream)[-1].compressions >= 2
+    records = list(stream)
+    sizes, restarted_tokens = fed(gen, clip), prompt_tokens(gen, clip, knowledge=True)
+    due = restarts(prompt_tokens(gen, clip), sizes, 300, lambda tokens: restarted_tokens,
+                   [s + 2 * stream.turn_reserve for s in sizes])  # silent: each frame adds what it feeds
+    assert records[-1].compressions == due and due >= 2
     b = gen.builder
     held = stream.cache.token_ids.tolist()
     restarted = held[:held.index(b.around_image_id)]
     assert tok.decode(restarted) == f"<|im_start|>System: {PROMPT_A} Task knowledge: {KNOWLEDGE}{EOT}"
     parts = b.build(clip, 300, restart="dst_state")
-    assert len(parts) >= 3
+    pieces = [len(b.frame_ids()) + sum(len(b.turn_ids(e)) for e in clip.events_after(f) if e.kind != "prompt")
+              for f in clip.frame_indices]  # a frame and every turn after it, the reference's replies too
+    assert len(parts) == 1 + restarts(prompt_tokens(gen, clip), pieces, 300, lambda tokens: restarted_tokens)
+    assert len(restarted) == restarted_tokens
     for part in parts[1:]:
         assert part.input_ids[:part.input_ids.index(b.around_image_id)] == restarted
 
@@ -450,9 +473,17 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
 
     gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
                              speaking_threshold=2.0, dst_update_threshold=2.0)
-    stream = gen.stream(_load(files["l0"])[1])
+    clip = _load(files["l0"])[1]
+    stream = gen.stream(clip)
     records = list(stream)
-    assert records[-1].compressions >= 2
+    # silent: a compression keeps the prompt, the first user turn, the knowledge turn and 16 recent tokens
+    first_user = next(e for e in clip.events if e.role == "user")
+    knowledge = next(e for e in clip.events if e.kind == "knowledge")
+    kept = prompt_tokens(gen, clip) + len(gen.builder.turn_ids(first_user)) + len(gen.builder.turn_ids(knowledge)) + 16
+    sizes = fed(gen, clip)
+    due = restarts(prompt_tokens(gen, clip), sizes, 280, lambda tokens: kept,
+                   [s + 2 * stream.turn_reserve for s in sizes])
+    assert records[-1].compressions == due and due >= 2
     assert f"Task knowledge: {KNOWLEDGE}" in tok.decode(stream.cache.token_ids.tolist())
     gen.strategy = DropMiddle(budget=280, keep_recent=100)  # the prompt and knowledge alone are ~200 tokens
     stream = gen.stream(_load(files["l0"])[1])
@@ -475,12 +506,27 @@ def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
     first_user_step = plain.cache.token_ids.tolist()
     assert tok.decode(first_user_step).endswith(f"User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: "
                                                 f"{KNOWLEDGE}{EOT}")
+    # after each frame but the first, once the cache holds 300 - 128 tokens: silent, each frame adds what it feeds;
+    # drop_middle keeps the cache up to the first user turn's frame and 40 recent tokens (all of it before then)
+    sizes, prompt = fed(gen, clip), prompt_tokens(gen, clip)
+    first_user_end = prompt + sizes[0] + sizes[1]
+    assert len(first_user_step) == first_user_end
+
+    def by_hand(kept):  # 300 - 128 tokens or more: more than 171 (the next frame needs nothing more)
+        return restarts(prompt + sizes[0], sizes[1:], 171, kept, [0] * (len(sizes) - 1))
+    due = {"upstream_drop_all": by_hand(lambda tokens: 0),
+           "upstream_drop_middle": by_hand(lambda tokens: first_user_end + min(40, tokens - first_user_end)
+                                           if tokens >= first_user_end else 0)}
     runs = {}
     for strategy in (UpstreamDropMiddle(budget=300, keep_recent=40), UpstreamDropAll(budget=300),
                      UpstreamSummarize(budget=300, max_summary_tokens=5)):
         stream = gen.stream(clip, options=StreamOptions(strategy))
         runs[strategy.name] = (stream, list(stream))
-        assert runs[strategy.name][1][-1].compressions > 0, strategy.name
+        records = runs[strategy.name][1]
+        # summarize's restarted prompt carries a generated summary: counted from the tokens each frame left
+        expected = due[strategy.name] if strategy.name in due else compressions_due(
+            300, [prompt] + [r.cache_tokens for r in records[:-1]], upstream_reserved=128)
+        assert records[-1].compressions == expected and expected > 0, strategy.name
     kept = runs["upstream_drop_middle"][0].cache.token_ids.tolist()
     assert kept[:len(first_user_step)] == first_user_step
     assert "System:" not in tok.decode(runs["upstream_drop_all"][0].cache.token_ids.tolist())
