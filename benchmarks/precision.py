@@ -16,8 +16,8 @@ not change a step's time. Per precision: steps, tokens (every sequence token, fr
 1000 tokens, the time ratio fp32 / this precision, and the first step's losses (before any weight changes), whose
 largest difference from fp32 over the terms (total, lm, dst_gen, speaking, dst_update) is reported.
 
-Streaming: `StreamingGenerator.from_config` of the same model config (untrained heads, thresholds 1.1: silent
-streams, but summarize still generates its summaries) streams the first `--videos` test videos (cut to their
+Streaming: `StreamingGenerator.untrained_from_config` of the same model config (untrained heads, thresholds 1.1:
+silent streams, but summarize still generates its summaries) streams the first `--videos` test videos (cut to their
 first `--frames` frames when given) at the settings eval.py uses (the config's `stream`), through `stream_runs`,
 once per dtype (`generator.to(dtype=...)` of a float32 copy) and batch size. Frame features are computed once per
 dtype before timing (FeatureMemo), so the vision encoder is not timed. Per row: frames, seconds, frames/s, the
@@ -177,9 +177,10 @@ def streaming(cfg: DictConfig, clips: list[Clip], dtypes: list[str], batch_sizes
     """Frames per second of eval.py's streams per dtype and batch size, against float32 at the same batch size."""
     stream = cfg.stream
     settings = list(stream.settings)
-    base = StreamingGenerator.from_config(OmegaConf.to_container(cfg.model, resolve=True),
-                                          max_new_tokens=stream.max_new_tokens,
-                                          max_summary_tokens=stream.max_summary_tokens, do_sample=stream.do_sample)
+    base = StreamingGenerator.untrained_from_config(OmegaConf.to_container(cfg.model, resolve=True),
+                                                    max_new_tokens=stream.max_new_tokens,
+                                                    max_summary_tokens=stream.max_summary_tokens,
+                                                    do_sample=stream.do_sample)
     reference: dict[int, tuple[dict, list[FrameRecord]]] = {}  # batch size -> float32's row and records
     rows = []
     for name in sorted(dtypes, key=lambda d: d != "float32"):  # float32 first: the others are compared with it

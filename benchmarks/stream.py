@@ -91,9 +91,10 @@ def silent_generator(model_name: str, tiny_dir: Path, corpus: list[str]) -> Stre
     if spec.get("build"):
         build_backbone(spec["build"], spec["source"])
     vlm, tok = load_backbone(spec["source"], tiny_dir=tiny_dir, tiny_corpus=corpus, architecture=spec["architecture"])
-    return StreamingGenerator(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0, dst_update_threshold=2.0,
-                              max_new_tokens=EVAL_STREAM.max_new_tokens,
-                              max_summary_tokens=EVAL_STREAM.max_summary_tokens, do_sample=EVAL_STREAM.do_sample)
+    return StreamingGenerator.untrained(vlm, tok, spec["tokens_per_frame"], speaking_threshold=2.0,
+                                        dst_update_threshold=2.0, max_new_tokens=EVAL_STREAM.max_new_tokens,
+                                        max_summary_tokens=EVAL_STREAM.max_summary_tokens,
+                                        do_sample=EVAL_STREAM.do_sample)
 
 
 def frame_features(model_name: str, gen: StreamingGenerator, clip):

@@ -105,7 +105,7 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """The embedded tiny SmolVLM + tokenizer, built once per test session from a small corpus."""
-    from prospect.model.backbone import build_tiny
+    from prospect.model.tiny import build_tiny
 
     corpus = ["First, place the red circle.", "Next, place the blue square.", "S1->start; S2->complete",
               "I want to build the comet board.", "Careful, the circle should be red."] * 20

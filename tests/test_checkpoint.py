@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import compose_train
 
-from prospect.model.backbone import build_tiny
 from prospect.model.factory import CheckpointError, load_checkpoint
+from prospect.model.tiny import build_tiny
 from prospect.train import train
 
 SHORT = ["+experiment=perframe", "trainer.max_epochs=1", "++trainer.limit_train_batches=1",

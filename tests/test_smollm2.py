@@ -111,7 +111,7 @@ def test_the_default_model_trains_streams_and_exports(smollm2_dir, tmp_path):
     out = export(ckpt, tmp_path / "model")
     clip = load_clips(tmp_path / "data" / "test.jsonl")[0]
     kwargs = {"speaking_threshold": 0.0, "max_new_tokens": 3}
-    want = list(islice(StreamingGenerator.from_checkpoint(metrics["checkpoint"], **kwargs).stream(clip), 3))
+    want = list(islice(StreamingGenerator.from_pretrained(metrics["checkpoint"], **kwargs).stream(clip), 3))
     got = list(islice(StreamingGenerator.from_pretrained(str(out), **kwargs).stream(clip), 3))
     assert [(r.text, r.dst_text) for r in got] == [(r.text, r.dst_text) for r in want]  # test_export: non-empty
     assert [r.speaking_prob for r in got] == pytest.approx([r.speaking_prob for r in want], abs=1e-5)
@@ -141,7 +141,8 @@ def test_the_default_cuts_its_training_clips_as_restarts_leave_the_cache(local, 
     for clip in clips["train"]:  # the shortest length a cut clip may draw holds every part of either layout
         for restart in ("summarize", "dst_state"):
             assert len(b.build(clip, cfg.data.restart_len * 2 // 3, restart)) >= 2
-    gen = StreamingGenerator(vlm, tokenizer, cfg.model.tokens_per_frame, max_new_tokens=cfg.stream.max_new_tokens)
+    gen = StreamingGenerator.untrained(vlm, tokenizer, cfg.model.tokens_per_frame,
+                                       max_new_tokens=cfg.stream.max_new_tokens)
     test = clips["test"][0]
     stream = gen.stream(test, options=StreamOptions(make_strategy("dst_state_1k")))
     budget, prompt = stream.strategy.budget, len(stream.prompt())

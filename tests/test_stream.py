@@ -4,6 +4,7 @@ inputs each run."""
 
 import pytest
 import torch
+from counts import compressions_due, restarts
 
 from prospect.data.dst import apply_updates, parse_updates
 from prospect.model.backbone import load_backbone
@@ -19,6 +20,7 @@ from prospect.stream.strategies import (
     NoCompression,
     SinkRecent,
     SummarizeAndDrop,
+    UpstreamStrategy,
 )
 
 TPF = 4
@@ -27,7 +29,7 @@ TPF = 4
 @pytest.fixture
 def gen(tiny_dir):
     vlm, tok = load_backbone(str(tiny_dir))
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+    return StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
 @pytest.fixture(params=["tiny", "smollm2"])
@@ -40,7 +42,7 @@ def backbone_dir(request, tiny_dir):
 @pytest.fixture
 def any_gen(backbone_dir):
     vlm, tok = load_backbone(str(backbone_dir))
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
+    return StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6)
 
 
 def frame_features(gen, clip, frames):
@@ -51,6 +53,25 @@ def chunks(gen, clip):
     """The per-frame token chunks the generator feeds (frame tokens + user turns decided after it)."""
     return [gen.builder.frame_ids() + [t for e in clip.events_after(f) for t in gen.builder.turn_ids(e)]
             for f in clip.frame_indices]
+
+
+def needed(stream, clip) -> list[int]:
+    """Tokens each frame may take: its chunk and room for a DST update and a reply."""
+    return [len(c) + 2 * stream.turn_reserve for c in chunks(stream.generator, clip)]
+
+
+def compressions_by_hand(stream, clip, records) -> int:
+    """The compressions of `stream` over `clip` (a clip of ours), from the tokens cached before each frame (the
+    prompt, then what each record left) and the frame's (counts.compressions_due); summarize's first add a summary."""
+    strategy = stream.strategy
+    before = [len(stream.generator.builder.prompt_ids(clip.task, clip.task.start_state()))]
+    before += [r.cache_tokens for r in records[:-1]]
+    if strategy.budget is None:
+        return 0
+    if isinstance(strategy, UpstreamStrategy):
+        return compressions_due(strategy.budget, before, upstream_reserved=strategy.reserved)
+    extra = stream.summary_reserve if isinstance(strategy, SummarizeAndDrop) else 0
+    return compressions_due(strategy.budget, before, [n + extra for n in needed(stream, clip)])
 
 
 def full_forward(gen, ids, feats, mask=None):
@@ -126,7 +147,7 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(backbone_dir, clip):
     results = []
     for rerotate in (False, True):
         vlm, tok = load_backbone(str(backbone_dir))
-        g = StreamingGenerator(vlm, tok, TPF)
+        g = StreamingGenerator.untrained(vlm, tok, TPF)
         cache = CacheState(g.model)
         cache.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
         _feed_all(g, cache, clip, range(0, 25))
@@ -144,8 +165,10 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(backbone_dir, clip):
 def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
     gen.strategy = SinkRecent(budget=200, sink=4, keep_recent=60)
     gen.speaking_threshold = gen.dst_update_threshold = 0.0  # generate every turn
-    records = list(gen.stream(clip))
-    assert records[-1].compressions >= 3
+    stream = gen.stream(clip)
+    records = list(stream)
+    due = compressions_by_hand(stream, clip, records)
+    assert records[-1].compressions == due and due >= 3  # the stream outlasts the budget several times
     assert max(r.positions[1] for r in records) < 200 and max(r.cache_tokens for r in records) <= 200
 
 
@@ -158,7 +181,8 @@ def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
     stream = gen.stream(clip)
     records = list(stream)
     assert max(r.cache_tokens for r in records) <= strategy.budget
-    assert records[-1].compressions >= 2, "the budget was small enough to compress several times"
+    due = compressions_by_hand(stream, clip, records)
+    assert records[-1].compressions == due and due >= 2, "the budget was small enough to compress several times"
     # the tracked state moves by exactly the generated updates that parse and fit it; the others are counted
     state, states, malformed = clip.task.start_state(), [], 0
     for r in records:
@@ -184,7 +208,7 @@ def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
 
 def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
+    gen = StreamingGenerator.untrained(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
                              max_summary_tokens=6, speaking_threshold=2.0, dst_update_threshold=2.0)
     records = list(gen.stream(clip))
     first = next(r for r in records if r.summaries)
@@ -198,6 +222,16 @@ def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     hidden = fresh.cache.append(chunks(gen, clip)[first.frame], frame_features(gen, clip, [first.frame]))
     assert float(torch.sigmoid(gen.speaking_head(hidden))) == pytest.approx(first.speaking_prob, abs=1e-5)
     assert f"{gen.builder.system_prompt} {summary}\n" in tok.decode(fresh.prompt())
+
+
+def test_untrained_heads_only_when_asked_for_by_name(tiny_dir):
+    """A generator reads trained heads unless its constructor's name says they are not."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    with pytest.raises(TypeError, match="speaking_head"):
+        StreamingGenerator(vlm, tok, TPF)
+    gen = StreamingGenerator.untrained(vlm, tok, TPF)
+    hidden = vlm.config.text_config.hidden_size
+    assert gen.speaking_head.net[-1].in_features == gen.dst_head.net[-1].in_features == hidden
 
 
 def test_named_settings():
@@ -246,9 +280,13 @@ def test_drop_middle_keeps_the_prompt_and_the_first_user_turn(gen, clip):
     gen.speaking_threshold = gen.dst_update_threshold = 2.0
     stream = gen.stream(clip)
     records = list(stream)
-    assert records[-1].compressions >= 2
     prompt = gen.builder.prompt_ids(clip.task, records[-1].dst_state)
     user = gen.builder.turn_ids(clip.events[0])  # decided after frame 1, among that frame's tokens
+    # silent: each frame adds its chunk; a compression keeps the prompt, the first user turn and 80 recent tokens
+    sizes = [len(c) for c in chunks(gen, clip)]
+    kept = len(prompt) + len(user) + 80
+    due = restarts(len(prompt), sizes, 360, lambda tokens: kept, needed(stream, clip))
+    assert records[-1].compressions == due and due >= 2
     ids = stream.cache.token_ids.tolist()
     assert ids[:len(prompt) + len(user)] == prompt + user
     first_user_position = len(prompt) + 2 * len(gen.builder.frame_ids())  # frames 0 and 1 precede it

@@ -87,12 +87,12 @@ def test_multirun_sweep_with_offline_wandb(tmp_path, trained):
     assert "loss.speaking_weight=0.5" in overrides[0] and "loss.speaking_weight=2" in overrides[1]
 
 
-def test_streaming_generator_from_checkpoint(trained):
+def test_streaming_generator_loads_a_checkpoint(trained):
     from prospect.data import load_clips
     from prospect.stream import StreamingGenerator
 
     tmp, metrics = trained
-    gen = StreamingGenerator.from_checkpoint(metrics["checkpoint"], setting="drop_middle_1k", max_new_tokens=4)
+    gen = StreamingGenerator.from_pretrained(metrics["checkpoint"], setting="drop_middle_1k", max_new_tokens=4)
     state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     torch.testing.assert_close(gen.speaking_head.net[1].weight, state["model.speaking_head.net.1.weight"])
     lora = next(k for k in state if "lora_B" in k)

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from counts import compressions_due, restarts
 from upstream import (
     DST_CLIP,
     FORK_CLIP,
@@ -50,6 +51,21 @@ def _load(path) -> list[Clip]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ClipWarning)
         return load_clips(path, check_frames=True)
+
+
+def fed(gen, clip) -> list[int]:
+    """Tokens a stream feeds at each frame of an upstream dialog: the frame and the user and system turns decided
+    after it (never the clip's prompt, nor the reference's summary requests)."""
+    b = gen.builder
+    return [len(b.frame_ids()) + sum(len(b.turn_ids(e)) for e in clip.events_after(f) if e.role in ("user", "system")
+                                     and e.kind not in ("prompt", "summarize_request")) for f in clip.frame_indices]
+
+
+def prompt_tokens(gen, clip, knowledge: bool = False) -> int:
+    """Tokens of PROMPT_A's dialog's prompt (upstream's system prompt alone) or, with `knowledge`, of a restarted
+    one (the prompt and the knowledge turn)."""
+    return len(gen.builder.prompt_ids(clip.task, clip.task.start_state(), system_prompt=PROMPT_A,
+                                      knowledge=f"Task knowledge: {KNOWLEDGE}" if knowledge else None))
 
 
 def test_three_dialogs_of_one_video_are_three_clips_on_one_frames_source(files):
@@ -209,7 +225,7 @@ def test_fork_step_changes_stream_and_score_as_one_unit(tiny_dir, files, monkeyp
     """Streaming decodes one DST turn per frame: the fork's two same-time transitions, written as the model writes
     them ("S1->complete; S2->start"), move the tracked state by both, and each step change is one scored unit."""
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=0.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=0.0)
     (clip,) = _load(files["fork"])
     reference = {e.frame: e.text for e in reference_events(clip, "dst")}
     assert reference == {3: "S1->start", 9: "S1->complete; S2->start", 19: "S2->complete; S3->start",
@@ -296,7 +312,7 @@ def test_a_later_split_cut_again_restarts_as_upstream_writes_it(tiny_dir, files)
                                "<fake_token_around_image>")
     # streamed, it starts from its own prompt and a summarize restart replaces the progress likewise
     vlm, _ = load_backbone(str(tiny_dir))
-    stream = StreamingGenerator(vlm, tok, 1).stream(later)
+    stream = StreamingGenerator.untrained(vlm, tok, 1).stream(later)
     assert tok.decode(stream.initial_prompt) == f"<|im_start|>System: {later.system_prompt}{EOT}"
     stream.context.progress = "The water is boiling."  # what summarize() leaves for the restart
     assert tok.decode(stream.prompt()) == (f"<|im_start|>System: {PROMPT_B} The water is boiling. Task knowledge: "
@@ -376,7 +392,7 @@ def test_reference_scored_against_itself_is_perfect(files):
 
 def test_streaming_uses_the_clips_prompt_and_starts_from_the_given_state(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
     (dst_clip,) = _load(files["dst"])
     stream = gen.stream(dst_clip)
     first = next(stream)
@@ -399,7 +415,7 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, 
     from prospect.stream.cache import CacheState
     from prospect.stream.strategies import SummarizeAndDrop
 
-    gen = StreamingGenerator(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
+    gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
                              max_summary_tokens=5, speaking_threshold=2.0, dst_update_threshold=2.0)
     limits, generate = [], gen.decoder.generate
     monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
@@ -432,16 +448,23 @@ def test_dst_state_restarts_as_training_cuts_for_it(tiny_dir, files):
 
     clip = _load(files["l0"])[1]
     assert any(e.progress for e in clip.events if e.role == "assistant")
-    gen = StreamingGenerator(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
+    gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
                              speaking_threshold=2.0, dst_update_threshold=2.0)
     stream = gen.stream(clip)
-    assert list(stream)[-1].compressions >= 2
+    records = list(stream)
+    sizes, restarted_tokens = fed(gen, clip), prompt_tokens(gen, clip, knowledge=True)
+    due = restarts(prompt_tokens(gen, clip), sizes, 300, lambda tokens: restarted_tokens,
+                   [s + 2 * stream.turn_reserve for s in sizes])  # silent: each frame adds what it feeds
+    assert records[-1].compressions == due and due >= 2
     b = gen.builder
     held = stream.cache.token_ids.tolist()
     restarted = held[:held.index(b.around_image_id)]
     assert tok.decode(restarted) == f"<|im_start|>System: {PROMPT_A} Task knowledge: {KNOWLEDGE}{EOT}"
     parts = b.build(clip, 300, restart="dst_state")
-    assert len(parts) >= 3
+    pieces = [len(b.frame_ids()) + sum(len(b.turn_ids(e)) for e in clip.events_after(f) if e.kind != "prompt")
+              for f in clip.frame_indices]  # a frame and every turn after it, the reference's replies too
+    assert len(parts) == 1 + restarts(prompt_tokens(gen, clip), pieces, 300, lambda tokens: restarted_tokens)
+    assert len(restarted) == restarted_tokens
     for part in parts[1:]:
         assert part.input_ids[:part.input_ids.index(b.around_image_id)] == restarted
 
@@ -450,11 +473,19 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
     vlm, tok = load_backbone(str(tiny_dir))
     from prospect.stream.strategies import DropMiddle
 
-    gen = StreamingGenerator(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
+    gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DropMiddle(budget=280, keep_recent=16), max_new_tokens=4,
                              speaking_threshold=2.0, dst_update_threshold=2.0)
-    stream = gen.stream(_load(files["l0"])[1])
+    clip = _load(files["l0"])[1]
+    stream = gen.stream(clip)
     records = list(stream)
-    assert records[-1].compressions >= 2
+    # silent: a compression keeps the prompt, the first user turn, the knowledge turn and 16 recent tokens
+    first_user = next(e for e in clip.events if e.role == "user")
+    knowledge = next(e for e in clip.events if e.kind == "knowledge")
+    kept = prompt_tokens(gen, clip) + len(gen.builder.turn_ids(first_user)) + len(gen.builder.turn_ids(knowledge)) + 16
+    sizes = fed(gen, clip)
+    due = restarts(prompt_tokens(gen, clip), sizes, 280, lambda tokens: kept,
+                   [s + 2 * stream.turn_reserve for s in sizes])
+    assert records[-1].compressions == due and due >= 2
     assert f"Task knowledge: {KNOWLEDGE}" in tok.decode(stream.cache.token_ids.tolist())
     gen.strategy = DropMiddle(budget=280, keep_recent=100)  # the prompt and knowledge alone are ~200 tokens
     stream = gen.stream(_load(files["l0"])[1])
@@ -470,19 +501,34 @@ def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
     from prospect.stream.strategies import UpstreamDropAll, UpstreamDropMiddle, UpstreamSummarize
 
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, max_new_tokens=4, speaking_threshold=2.0, dst_update_threshold=2.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, max_new_tokens=4, speaking_threshold=2.0, dst_update_threshold=2.0)
     clip = _load(files["l0"])[1]
     plain = gen.stream(clip)
     next(plain), next(plain)  # frames 0 and 1: the user's goal and the knowledge came with frame 1
     first_user_step = plain.cache.token_ids.tolist()
     assert tok.decode(first_user_step).endswith(f"User: I want to make tea.{EOT}<|im_start|>System: Task knowledge: "
                                                 f"{KNOWLEDGE}{EOT}")
+    # after each frame but the first, once the cache holds 300 - 128 tokens: silent, each frame adds what it feeds;
+    # drop_middle keeps the cache up to the first user turn's frame and 40 recent tokens (all of it before then)
+    sizes, prompt = fed(gen, clip), prompt_tokens(gen, clip)
+    first_user_end = prompt + sizes[0] + sizes[1]
+    assert len(first_user_step) == first_user_end
+
+    def by_hand(kept):  # 300 - 128 tokens or more: more than 171 (the next frame needs nothing more)
+        return restarts(prompt + sizes[0], sizes[1:], 171, kept, [0] * (len(sizes) - 1))
+    due = {"upstream_drop_all": by_hand(lambda tokens: 0),
+           "upstream_drop_middle": by_hand(lambda tokens: first_user_end + min(40, tokens - first_user_end)
+                                           if tokens >= first_user_end else 0)}
     runs = {}
     for strategy in (UpstreamDropMiddle(budget=300, keep_recent=40), UpstreamDropAll(budget=300),
                      UpstreamSummarize(budget=300, max_summary_tokens=5)):
         stream = gen.stream(clip, options=StreamOptions(strategy))
         runs[strategy.name] = (stream, list(stream))
-        assert runs[strategy.name][1][-1].compressions > 0, strategy.name
+        records = runs[strategy.name][1]
+        # summarize's restarted prompt carries a generated summary: counted from the tokens each frame left
+        expected = due[strategy.name] if strategy.name in due else compressions_due(
+            300, [prompt] + [r.cache_tokens for r in records[:-1]], upstream_reserved=128)
+        assert records[-1].compressions == expected and expected > 0, strategy.name
     kept = runs["upstream_drop_middle"][0].cache.token_ids.tolist()
     assert kept[:len(first_user_step)] == first_user_step
     assert "System:" not in tok.decode(runs["upstream_drop_all"][0].cache.token_ids.tolist())
@@ -495,7 +541,7 @@ def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
 def test_positions_past_the_models_maximum_are_reported(tiny_dir, files):
     vlm, tok = load_backbone(str(tiny_dir))
     vlm.config.text_config.max_position_embeddings = 300  # a long stream, shortened
-    gen = StreamingGenerator(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, speaking_threshold=2.0, dst_update_threshold=2.0)
     clip = _load(files["l0"])[0]
     with pytest.warns(UserWarning, match="past the model's max_position_embeddings"):
         records = list(gen.stream(clip))
@@ -511,7 +557,7 @@ def test_dialogs_of_one_video_stream_batched_as_alone(tiny_dir, files):
     of one video in flight together) equal batch 1; every frame is encoded once though its video's features are
     forgotten when its last stream ends."""
     vlm, tok = load_backbone(str(tiny_dir))
-    gen = StreamingGenerator(vlm, tok, 1, max_new_tokens=3)
+    gen = StreamingGenerator.untrained(vlm, tok, 1, max_new_tokens=3)
     clips = _load(files["l0"]) + _load(files["dst"])
     encoded = Counter()
 

@@ -26,7 +26,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 @pytest.fixture
 def gen(tiny_dir):
     vlm, tok = load_backbone(str(tiny_dir))
-    return StreamingGenerator(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6, speaking_threshold=2.0,
+    return StreamingGenerator.untrained(vlm, tok, TPF, max_new_tokens=6, max_summary_tokens=6, speaking_threshold=2.0,
                               dst_update_threshold=2.0)  # silent: the cache holds the prompt, frames and inputs
 
 

@@ -91,12 +91,12 @@ def _generator(cfg: DictConfig) -> tuple[StreamingGenerator, dict]:
     kwargs = {"max_new_tokens": stream.max_new_tokens, "max_summary_tokens": stream.max_summary_tokens,
               "do_sample": stream.do_sample, "device": pick_device(cfg.device)}
     if cfg.ckpt_path:
-        generator = StreamingGenerator.load(cfg.ckpt_path, **kwargs)
+        generator = StreamingGenerator.from_pretrained(cfg.ckpt_path, **kwargs)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else generator.run_config["data"]
         return generator, data
     if not cfg.get("data"):
         raise ValueError("without ckpt_path, give the data to evaluate on (data=synthetic, data=clips ...)")
-    generator = StreamingGenerator.from_config(OmegaConf.to_container(cfg.model, resolve=True), **kwargs)
+    generator = StreamingGenerator.untrained_from_config(OmegaConf.to_container(cfg.model, resolve=True), **kwargs)
     return generator, OmegaConf.to_container(cfg.data, resolve=True)
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from prospect.data.datamodule import ProspectDataModule
-from prospect.data.sequence import PROMPT_WORDS
+from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT, PROMPT_WORDS
 from prospect.model.factory import build_model
 from prospect.model.features import FrameInputs, open_feature_store
 from prospect.model.module import ProspectModule
@@ -35,7 +35,8 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, ProspectDataModule]:
         datamodule.prepare_data()
     corpus = None
     if cfg.model.backbone.source == "tiny":  # the tiny tokenizer learns the data's texts and our prompt's words
-        corpus = chain(datamodule.corpus(), [cfg.model.system_prompt], PROMPT_WORDS)  # read only if built
+        prompt = cfg.model.system_prompt or DEFAULT_SYSTEM_PROMPT
+        corpus = chain(datamodule.corpus(), [prompt], PROMPT_WORDS)  # read only if built
     with _lock(Path(cfg.model.backbone.tiny_dir).parent / ".prospect-tiny.lock"):
         model, tokenizer = build_model(cfg.model, corpus)
     if datamodule.feature_store and cfg.model.net.train_connector:

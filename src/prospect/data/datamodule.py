@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from prospect.data.batch import Sample, collate
 from prospect.data.clip import Clip
 from prospect.data.dataset import ClipDataset
-from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT, RESTARTS, SequenceBuilder, decision_mask
+from prospect.data.sequence import RESTARTS, SequenceBuilder, decision_mask
 from prospect.data.splits import whole_videos
 
 SPLITS = ("train", "val", "test")
@@ -150,9 +150,9 @@ class ProspectDataModule(L.LightningDataModule):
             yield from (f"{s.id} = {s.name}" for s in clip.task.steps)
 
     def attach(self, tokenizer, tokens_per_frame: int, frames: FrameReader,
-               system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_positions: int | None = None) -> None:
+               system_prompt: str | None = None, max_positions: int | None = None) -> None:
         """Give the module what the model decides, known once it is built: the tokenizer, image tokens per frame
-        and system prompt the sequences are rendered with (split at this module's max_seq_len), and how the
+        and system prompt (None: ours) the sequences are rendered with (split at this module's max_seq_len), and how the
         model takes frames. Sequences longer than the model's `max_positions` are refused here, at the start."""
         for key in ("max_seq_len", "restart_len"):
             if max_positions is not None and (getattr(self, key) or 0) > max_positions:

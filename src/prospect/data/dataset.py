@@ -15,8 +15,8 @@ import datasets
 
 from prospect import __version__
 from prospect.data.clip import Clip
+from prospect.data.formats.ours import build_clip
 from prospect.data.load import load_clips
-from prospect.data.ours import build_clip
 
 FEATURES = datasets.Features({
     "id": datasets.Value("string"),

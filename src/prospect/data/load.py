@@ -17,10 +17,10 @@ from pathlib import Path
 
 from prospect.data.checks import UPSTREAM_NAMES, FieldNames, check_frames
 from prospect.data.clip import FORMAT, Clip
-from prospect.data.dst_clips import DstClipReader, is_dst_clip
 from prospect.data.errors import ClipFormatError, ClipWarning, Problem, Problems
-from prospect.data.ours import read_ours
-from prospect.data.proassist import is_proassist, read_proassist
+from prospect.data.formats.dst_clips import DstClipReader, is_dst_clip
+from prospect.data.formats.ours import read_ours
+from prospect.data.formats.proassist import is_proassist, read_proassist
 
 Reader = Callable[[dict, Problems, "Path | None"], "Clip | None"]
 ClipCheck = Callable[[Clip, Problems, FieldNames], None]

@@ -1,5 +1,5 @@
 """What the model sees, as text: a rendered sequence with image tokens collapsed, the learned spans marked and
-each frame's head labels, one line per frame (runs of silent frames folded). Behind `python -m prospect.model
+each frame's head labels, one line per frame (runs of silent frames folded). Behind `python -m prospect.data
 render`, the quickest way to check one's own data.
 
     frame 14 @ 7.5s [-]: <|im_start|>User: I want to make tea.<end_of_utterance>

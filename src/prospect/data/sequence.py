@@ -32,9 +32,10 @@ from dataclasses import dataclass, field, replace
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.dst import apply_updates
-from prospect.data.proassist import KNOWLEDGE_PREFIX
+from prospect.data.formats.proassist import KNOWLEDGE_PREFIX
 
 END_OF_TURN = "<end_of_utterance>"
+PAD = "<|im_end|>"  # SmolVLM's pad token (SmolLM2's end of turn): never END_OF_TURN, which is attended to and learned
 TURN_START = "<|im_start|>"
 IMAGE = "<image>"
 AROUND_IMAGE = "<fake_token_around_image>"
@@ -47,6 +48,7 @@ SUMMARIZE_REQUEST = "Please summarize the progress."  # the system turn that ask
 RESTARTS = ("summarize", "dst_state")  # the restarted caches a cut training clip can show (SequenceBuilder.build)
 PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Goal:", "Knowledge:", "Steps:", "State:", "not_started",
                 "in_progress", "completed", "->start", "->complete", SUMMARIZE_REQUEST]
+# ours, where a config or a clip gives none (model.system_prompt: null)
 DEFAULT_SYSTEM_PROMPT = ("You are a proactive assistant. Watch the user's video, keep track of the task steps, "
                          "and speak when guidance helps.")
 
@@ -94,11 +96,12 @@ class TokenSequence:
 class SequenceBuilder:
     """Renders clips for a tokenizer with `tokens_per_frame` image tokens per frame."""
 
-    def __init__(self, tokenizer, tokens_per_frame: int, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    def __init__(self, tokenizer, tokens_per_frame: int, system_prompt: str | None = None,
                  max_seq_len: int | None = None):
+        """`system_prompt`: None for ours (DEFAULT_SYSTEM_PROMPT)."""
         self.tokenizer = tokenizer
         self.tokens_per_frame = tokens_per_frame
-        self.system_prompt = system_prompt
+        self.system_prompt = system_prompt or DEFAULT_SYSTEM_PROMPT
         self.max_seq_len = max_seq_len
         ids = tokenizer.convert_tokens_to_ids([AROUND_IMAGE, GLOBAL_IMAGE, IMAGE, END_OF_TURN])
         self.around_image_id, self.global_image_id, self.image_id, self.end_of_turn_id = ids

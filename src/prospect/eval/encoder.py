@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from prospect.model.backbone import file_sha256, wheel_file
+from prospect.model.hashing import file_sha256
+from prospect.model.wheels import wheel_file
 
 MPNET = "all-mpnet-base-v2"
 MINILM = "all-MiniLM-L6-v2"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,15 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class Checkpoint:
-    model: ProspectModel  # the base model the checkpoint's config names, its trained weights loaded
+class TrainedModel:
+    """A trained model as loaded back: from a training checkpoint (load_checkpoint) or an exported folder
+    (pretrained.load_exported)."""
+
+    model: ProspectModel  # the base model the training config names, its trained weights loaded
     tokenizer: PreTrainedTokenizerBase
     config: dict[str, Any]  # the training run's resolved config
+    # thresholds calibrated per stream setting, {"none": {"speaking": p, "dst_update": p}} (exported folders)
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def build_model(cfg: Mapping[str, Any], corpus: Iterable[str] | None = None
@@ -58,7 +63,7 @@ def build_backbone(recipe: str, out_dir: str | Path) -> None:
         build_smolvlm_256m_local(out_dir, fetch_gguf(out_dir.parent))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """The model a training checkpoint was trained as: rebuilt from its stored config, checked, weights loaded."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = _current_names(ckpt["prospect_config"], path)
@@ -69,7 +74,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model, tokenizer = build_model(config["model"])
     check_checkpoint(ckpt, model, path, backbone)
     model.load_state_dict(_trained_weights(ckpt), strict=False)
-    return Checkpoint(model.to(device), tokenizer, config)
+    return TrainedModel(model.to(device), tokenizer, config)
 
 
 # config keys renamed since checkpoints were first written (issue #13: one meaning per name), same values

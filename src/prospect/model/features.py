@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from prospect.data.clip import Clip
-from prospect.model.backbone import fingerprint
+from prospect.model.hashing import fingerprint
 from prospect.model.vision import encode_frames, pixels
 
 IDENTITY_FILE = "identity.json"
@@ -55,7 +55,7 @@ class FeatureStore:
     def __init__(self, path: str | Path, identity: dict):
         self.path = Path(path)
         if not (self.path / IDENTITY_FILE).exists():
-            raise FileNotFoundError(f"{self.path}: no feature store here (write one with python -m prospect.model "
+            raise FileNotFoundError(f"{self.path}: no feature store here (write one with python -m prospect.data "
                                     "features)")
         stored = json.loads((self.path / IDENTITY_FILE).read_text())
         if stored != identity:

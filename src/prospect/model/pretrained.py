@@ -1,5 +1,5 @@
 """A trained model outside the project: exported from a training checkpoint in the formats people already use,
-and loaded back without pickle (docs/export.md).
+and loaded back without pickle (docs/export.md); `load_trained`, the one loader of a trained model, takes either.
 
     OUT/
         adapter_config.json, adapter_model.safetensors   the LoRA adapter as peft writes it:
@@ -12,13 +12,13 @@ and loaded back without pickle (docs/export.md).
 
 With `merge`, a full SmolVLM with the adapter merged (config.json, model.safetensors:
 SmolVLMForConditionalGeneration.from_pretrained(OUT)) replaces the adapter files; the connector is part of it.
+Either loads back as a ProspectModel, whose heads the exported weights fill.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,12 @@ import torch
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase, SmolVLMForConditionalGeneration
 
-from prospect.model.backbone import file_sha256, load_backbone
-from prospect.model.factory import Checkpoint, build_model
-from prospect.model.heads import BinaryHead
+from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT
+from prospect.model.backbone import load_backbone
+from prospect.model.factory import TrainedModel, build_model, load_checkpoint
+from prospect.model.hashing import file_sha256
+from prospect.model.prospect_model import ProspectModel
 
 META = "prospect.json"
 WEIGHTS = "prospect_weights.safetensors"
@@ -45,24 +46,10 @@ class PretrainedError(ValueError):
     """An exported directory that is incomplete, altered, or meant for another base model."""
 
 
-@dataclass
-class Pretrained:
-    vlm: SmolVLMForConditionalGeneration  # LoRA injected (adapter) or merged in
-    tokenizer: PreTrainedTokenizerBase
-    speaking_head: BinaryHead
-    dst_head: BinaryHead
-    meta: dict[str, Any]  # prospect.json
-
-    def thresholds(self, setting: str) -> dict[str, float] | None:
-        """The calibrated thresholds for a stream setting ({"speaking": p, "dst_update": p}), when exported."""
-        return self.meta["thresholds"].get(setting)
-
-
-def export(ckpt: Checkpoint, out: str | Path, *, merge: bool = False,
+def export(ckpt: TrainedModel, out: str | Path, *, merge: bool = False,
            calibration: Mapping[str, Any] | None = None) -> Path:
-    """Write `ckpt` (factory.load_checkpoint) to `out`. `calibration` is eval.py's calibration.json: its
-    thresholds per stream setting become the exported model's defaults. The checkpoint's model is changed in
-    place when merging."""
+    """Write `ckpt` (load_trained) to `out`. `calibration` is eval.py's calibration.json: its thresholds per
+    stream setting become the exported model's defaults. The checkpoint's model is changed in place when merging."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     net = ckpt.model
@@ -86,7 +73,7 @@ def export(ckpt: Checkpoint, out: str | Path, *, merge: bool = False,
         "base_model": model_cfg["backbone"]["source"],
         "base_fingerprint": base_fingerprint,
         "tokens_per_frame": model_cfg["tokens_per_frame"],
-        "system_prompt": model_cfg.get("system_prompt"),
+        "system_prompt": model_cfg.get("system_prompt") or DEFAULT_SYSTEM_PROMPT,
         "thresholds": {s: {"speaking": c["thresholds"][0], "dst_update": c["thresholds"][1]}
                        for s, c in (calibration or {}).get("settings", {}).items()},
         "config": ckpt.config,
@@ -96,23 +83,28 @@ def export(ckpt: Checkpoint, out: str | Path, *, merge: bool = False,
     return out
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> Pretrained:
+def load_trained(path: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> TrainedModel:
+    """A trained model from a training checkpoint (a file: factory.load_checkpoint) or an exported directory
+    (load_exported). `base` replaces an exported adapter's base model with a copy of it elsewhere."""
+    if Path(path).is_dir():
+        return load_exported(path, device, base)
+    if base is not None:
+        raise ValueError(f"{path}: base= applies to an exported directory; a checkpoint loads onto the base model "
+                         "its config names")
+    return load_checkpoint(path, device)
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> TrainedModel:
     """An exported directory, checked file by file against its prospect.json; safetensors only. `base` replaces
-    the stored base model (a hub id or local directory holding the same weights: the fingerprint must match)."""
+    the stored base model (a hub id or local directory holding the same weights: the fingerprint must match);
+    a merged directory holds its base model itself."""
     path = Path(path)
     meta = _read_meta(path)
     model_cfg = meta["config"]["model"]
-    weights = load_file(path / WEIGHTS)
-    head_kwargs = {k: model_cfg["net"][k] for k in ("head", "head_mlp_hidden", "head_dropout")}
     if meta["merged"]:
         vlm, tokenizer = load_backbone(str(path), attn_implementation=model_cfg["backbone"]["attn_implementation"])
-        hidden = vlm.config.text_config.hidden_size
-        heads = {name: BinaryHead(hidden, head_kwargs["head"], head_kwargs["head_mlp_hidden"],
-                                  head_kwargs["head_dropout"]) for name in ("speaking_head", "dst_head")}
-        for name, head in heads.items():
-            head.load_state_dict({k.removeprefix(f"{name}."): v for k, v in weights.items()
-                                  if k.startswith(f"{name}.")})
-        speaking, dst = heads["speaking_head"], heads["dst_head"]
+        # the adapter is in the weights: the fresh LoRA that ProspectModel adds changes nothing (its B is zero)
+        net = ProspectModel(vlm, model_cfg["tokens_per_frame"], **model_cfg["net"])
     else:
         if base is not None:
             model_cfg = {**model_cfg, "backbone": {**model_cfg["backbone"], "source": base, "build": None}}
@@ -122,12 +114,12 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", base: 
                                   f"{model_cfg['backbone']['source']} (fingerprint {net.base_fingerprint()}, "
                                   f"expected {meta['base_fingerprint']}); the adapter needs the very base model")
         _load_adapter(net.backbone, load_file(path / ADAPTER), path)
-        unknown = set(weights) - set(net.state_dict())
-        if unknown:
-            raise PretrainedError(f"{path / WEIGHTS}: weights this model does not have: {sorted(unknown)[:3]}")
-        net.load_state_dict(weights, strict=False)
-        vlm, speaking, dst = net.vlm, net.speaking_head, net.dst_head
-    return Pretrained(vlm.to(device).eval(), tokenizer, speaking.to(device).eval(), dst.to(device).eval(), meta)
+    weights = load_file(path / WEIGHTS)
+    unknown = set(weights) - set(net.state_dict())
+    if unknown:
+        raise PretrainedError(f"{path / WEIGHTS}: weights this model does not have: {sorted(unknown)[:3]}")
+    net.load_state_dict(weights, strict=False)
+    return TrainedModel(net.to(device).eval(), tokenizer, meta["config"], meta["thresholds"])
 
 
 def _load_adapter(peft_model, state: dict[str, Tensor], path: Path) -> None:

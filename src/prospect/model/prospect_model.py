@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.batch import Batch
-from prospect.model.backbone import fingerprint
+from prospect.model.hashing import fingerprint
 from prospect.model.heads import BinaryHead
 from prospect.model.vision import check_tokens_per_frame, embed_with_frames, encode_frames
 
@@ -68,7 +68,7 @@ class ProspectModel(nn.Module):
         return self.backbone.base_model.model
 
     def base_fingerprint(self) -> str:
-        """Identity of the frozen weights, which checkpoints do not hold (see backbone.fingerprint)."""
+        """Identity of the frozen weights, which checkpoints do not hold (see hashing.fingerprint)."""
         return fingerprint((n, p) for n, p in self.named_parameters() if not p.requires_grad)
 
     @property

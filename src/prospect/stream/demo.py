@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         clip, beside, name = video_clip(args.video, args.fps, task, user), args.video.parent, args.video.stem
     thresholds = {k: v for k, v in (("speaking_threshold", args.speaking_threshold),
                                     ("dst_update_threshold", args.dst_update_threshold)) if v is not None}
-    generator = StreamingGenerator.load(str(args.model), setting=args.setting, device=pick_device(args.device),
-                                        max_new_tokens=args.max_new_tokens, **thresholds)
+    generator = StreamingGenerator.from_pretrained(str(args.model), setting=args.setting,
+                                                   device=pick_device(args.device),
+                                                   max_new_tokens=args.max_new_tokens, **thresholds)
     generator.to(dtype=stream_dtype(args.dtype))
     print(f"task: {clip.task.goal or clip.id} ({len(clip.task.steps)} steps, {clip.fps:g} fps, "
           f"{len(clip.frame_indices)} frames, setting {generator.strategy.name}, device {generator.device}, "

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -25,11 +26,13 @@ from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.sequence import INPUT_ROLES, SUMMARIZE_REQUEST, PromptContext, SequenceBuilder
+from prospect.model.factory import build_model
 from prospect.model.heads import BinaryHead
+from prospect.model.pretrained import load_trained
 from prospect.model.vision import encode_frames, pixels
 from prospect.stream.cache import CacheState
 from prospect.stream.decoder import Turn, TurnDecoder
-from prospect.stream.strategies import NoCompression, Strategy
+from prospect.stream.strategies import NoCompression, Strategy, make_strategy
 from prospect.stream.tracker import DstTracker
 
 
@@ -65,8 +68,8 @@ class FrameRecord:
 
 def fold_adapter(vlm: SmolVLMForConditionalGeneration) -> SmolVLMForConditionalGeneration:
     """peft's merge: each LoRA layer's update folded into the weight it adapts, so the layer runs one matrix
-    product instead of three (the demo model streamed 1.5x faster on a CPU, the same text, probabilities within
-    1e-6). For inference only: a model that goes on training keeps its adapter apart."""
+    product instead of three (README, Evaluation, says how much faster). For inference only: a model that goes on
+    training keeps its adapter apart."""
     for module in vlm.modules():
         if isinstance(module, BaseTunerLayer) and not module.merged:
             module.merge()
@@ -93,19 +96,18 @@ _NOT_FED = ("prompt", "summarize_request", "summary")  # the prompt is rendered 
 
 class StreamingGenerator:
     def __init__(self, model: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
-                 speaking_head: BinaryHead | None = None, dst_head: BinaryHead | None = None,
-                 strategy: Strategy | None = None, system_prompt: str | None = None,
-                 speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5, max_new_tokens: int = 48,
-                 max_summary_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0):
-        """`model` is a transformers SmolVLM (LoRA layers may be injected); heads default to untrained ones."""
+                 speaking_head: BinaryHead, dst_head: BinaryHead, strategy: Strategy | None = None,
+                 system_prompt: str | None = None, speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5,
+                 max_new_tokens: int = 48, max_summary_tokens: int = 128, do_sample: bool = False,
+                 temperature: float = 1.0):
+        """`model` is a transformers SmolVLM (LoRA layers may be injected) and the heads read its hidden states: a
+        trained model's (`from_pretrained`), or untrained ones asked for by name (`untrained`,
+        `untrained_from_config`). `system_prompt`: None for ours."""
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
-        self.run_config: dict | None = None  # the training run's config, when built from a checkpoint
-        hidden = model.config.text_config.hidden_size
-        self.speaking_head = (speaking_head or BinaryHead(hidden)).eval()
-        self.dst_head = (dst_head or BinaryHead(hidden)).eval()
-        self.builder = SequenceBuilder(tokenizer, tokens_per_frame, **({"system_prompt": system_prompt}
-                                                                         if system_prompt else {}))
+        self.run_config: dict | None = None  # the training run's config, when built from a trained model
+        self.speaking_head, self.dst_head = speaking_head.eval(), dst_head.eval()
+        self.builder = SequenceBuilder(tokenizer, tokens_per_frame, system_prompt)
         self.tokens_per_frame = tokens_per_frame
         self.strategy = strategy or NoCompression()
         self.speaking_threshold, self.dst_update_threshold = speaking_threshold, dst_update_threshold
@@ -117,56 +119,37 @@ class StreamingGenerator:
         self._warned_positions = False
 
     @classmethod
-    def from_checkpoint(cls, path: str, setting: str = "none", *, device: str | torch.device = "cpu",
-                        **kwargs) -> StreamingGenerator:
-        """A generator from a training checkpoint (prospect.model.factory.load_checkpoint: the base model its
-        config names, checked against it, with the trained weights; the adapter folded in, fold_adapter)."""
-        from prospect.model.factory import load_checkpoint
-        from prospect.stream.strategies import make_strategy
-
-        ckpt = load_checkpoint(path, device)
-        net = ckpt.model
-        generator = cls(fold_adapter(net.vlm), ckpt.tokenizer, net.tokens_per_frame, net.speaking_head, net.dst_head,
-                        make_strategy(setting), system_prompt=ckpt.config["model"].get("system_prompt"), **kwargs)
-        generator.run_config = ckpt.config
-        return generator
-
-    @classmethod
-    def from_pretrained(cls, path: str, setting: str = "none", *, device: str | torch.device = "cpu",
-                        base: str | None = None, **kwargs) -> StreamingGenerator:
-        """A generator from an exported directory (prospect.model.pretrained: safetensors only, every file
-        checked). The thresholds calibrated for `setting` apply unless `kwargs` give them; `base` replaces the
-        stored base model with a copy of it elsewhere."""
-        from prospect.model.pretrained import load_pretrained
-        from prospect.stream.strategies import make_strategy
-
-        model = load_pretrained(path, device, base)
-        calibrated = model.thresholds(setting) or {}
+    def from_pretrained(cls, path: str | Path, setting: str = "none", *, device: str | torch.device = "cpu",
+             base: str | None = None, **kwargs) -> StreamingGenerator:
+        """A trained model, from a training checkpoint (a file) or an exported directory
+        (prospect.model.pretrained.load_trained: checked against its base model), the adapter folded in
+        (fold_adapter). The thresholds an exported directory holds for `setting` apply unless `kwargs` give them;
+        `base` replaces an exported adapter's base model with a copy of it elsewhere."""
+        trained = load_trained(path, device, base)
+        net = trained.model
+        calibrated = trained.thresholds.get(setting, {})
         kwargs = {**{f"{k}_threshold": v for k, v in calibrated.items()}, **kwargs}
-        generator = cls(fold_adapter(model.vlm), model.tokenizer, model.meta["tokens_per_frame"], model.speaking_head,
-                        model.dst_head, make_strategy(setting), system_prompt=model.meta["system_prompt"], **kwargs)
-        generator.run_config = model.meta["config"]
+        generator = cls(fold_adapter(net.vlm), trained.tokenizer, net.tokens_per_frame, net.speaking_head,
+                        net.dst_head, make_strategy(setting), trained.config["model"].get("system_prompt"), **kwargs)
+        generator.run_config = trained.config
         return generator
 
     @classmethod
-    def load(cls, path: str, setting: str = "none", **kwargs) -> StreamingGenerator:
-        """A trained model from either a training checkpoint (a file) or an exported directory."""
-        if Path(path).is_dir():
-            return cls.from_pretrained(path, setting, **kwargs)
-        return cls.from_checkpoint(path, setting, **kwargs)
+    def untrained(cls, model: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
+                  **kwargs) -> StreamingGenerator:
+        """A plain SmolVLM with new, untrained linear heads: for tests and benchmarks, whose decisions are random."""
+        hidden = model.config.text_config.hidden_size
+        return cls(model, tokenizer, tokens_per_frame, BinaryHead(hidden), BinaryHead(hidden), **kwargs)
 
     @classmethod
-    def from_config(cls, cfg: dict, setting: str = "none", *, device: str | torch.device = "cpu",
-                    **kwargs) -> StreamingGenerator:
-        """A generator from a model config (conf/model): the plain backbone with untrained heads, for zero-shot
-        evaluation."""
-        from prospect.model.factory import build_model
-        from prospect.stream.strategies import make_strategy
-
+    def untrained_from_config(cls, cfg: Mapping[str, Any], setting: str = "none", *,
+                              device: str | torch.device = "cpu", **kwargs) -> StreamingGenerator:
+        """The model a model config (conf/model) describes, LoRA and heads untrained (factory.build_model), for
+        zero-shot evaluation."""
         net, tokenizer = build_model(cfg)
         net.to(device)
         return cls(net.vlm, tokenizer, cfg["tokens_per_frame"], net.speaking_head, net.dst_head,
-                   make_strategy(setting), system_prompt=cfg.get("system_prompt"), **kwargs)
+                   make_strategy(setting), cfg.get("system_prompt"), **kwargs)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> StreamingGenerator:
         """Move the model and the heads (e.g. bf16 on a GPU); frames and caches follow the model."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from prospect.data.checks import UPSTREAM_NAMES, check_clip
 from prospect.data.clip import Clip, Event, Task, Video
 from prospect.data.errors import Problems
-from prospect.data.fields import field, objects
+from prospect.data.formats.fields import field, objects
 from prospect.data.timebase import frame_end_time
 
 KNOWLEDGE_PREFIX = "Task knowledge:"  # upstream's knowledge turn, and how its streaming finds it again

@@ -27,7 +27,7 @@ from prospect.data.checks import UPSTREAM_NAMES, check_clip, check_state
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate, TransitionError, apply_updates, format_updates
 from prospect.data.errors import Problems
-from prospect.data.fields import field, json_type_ok, objects
+from prospect.data.formats.fields import field, json_type_ok, objects
 from prospect.data.timebase import frame_at, frame_time
 
 _ROLES = {"system": "system", "user": "user", "assistant": "assistant", "DST_UPDATE": "dst"}

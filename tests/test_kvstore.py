@@ -1,0 +1,112 @@
+"""The KV store directly (stream/cache.py): keeping a row's tokens leaves exactly the kept keys and values, in
+order, and no other row's; growing the capacity keeps what is stored; rows appended in one pass hold what each
+holds appended alone. And the packing of the streams' chunks into forward passes (stream/batch.py), against
+hand-worked groupings. Tiny model, fp32."""
+
+import pytest
+import torch
+
+from prospect.model.backbone import load_backbone
+from prospect.stream.batch import _passes
+from prospect.stream.cache import CacheState, KVStore
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_dir):
+    return load_backbone(str(tiny_dir))[0].eval()
+
+
+def ids(n: int, seed: int) -> list[int]:
+    """Text token ids of the tiny model's tokenizer (its special tokens, images among them, come first)."""
+    return torch.randint(10, 200, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_keep_leaves_exactly_the_kept_tokens_of_its_row(vlm):
+    """Row 1 of two holds 10 tokens, its prefix slots 0, 1 and 5; keeping them and the last 3 leaves slots
+    0, 1, 5, 7, 8, 9 at columns 0..5 of every layer, with their positions and ids; the prefix moves to 0, 1, 2;
+    row 0 is untouched."""
+    store = KVStore(vlm, rows=2)
+    other, cache = CacheState(vlm, store, row=0), CacheState(vlm, store, row=1)
+    other.append(ids(7, 0))
+    tokens = ids(10, 1)
+    cache.append(tokens)
+    cache.extend_prefix(0, 2)
+    cache.extend_prefix(5, 6)
+    keys, values = [k.clone() for k in store.keys], [v.clone() for v in store.values]
+    cache.keep(cache.prefix, recent=3)
+    kept = [0, 1, 5, 7, 8, 9]
+    assert store.lengths == [7, 6] and cache.tokens == 6
+    for before, after in ((keys, store.keys), (values, store.values)):
+        for old, new in zip(before, after, strict=True):  # [rows, kv_heads, capacity, head_dim] per layer
+            assert torch.equal(new[1, :, :6], torch.stack([old[1, :, j] for j in kept], dim=1))
+            assert torch.equal(new[0, :, :7], old[0, :, :7])
+    assert cache.positions.tolist() == kept and cache.token_ids.tolist() == [tokens[j] for j in kept]
+    assert cache.prefix.tolist() == [0, 1, 2]
+
+
+def test_growing_the_capacity_keeps_the_contents(vlm):
+    """A store of capacity 4 takes 3 tokens, then 6 more (it grows to 9): what the first pass stored is unchanged,
+    and every key, value and hidden state equals a store that never grew."""
+    small, large = KVStore(vlm, capacity=4), KVStore(vlm, capacity=64)
+    into_small, into_large = CacheState(vlm, small), CacheState(vlm, large)
+    first = [into_small.append(ids(3, 2)), into_large.append(ids(3, 2))]
+    stored = [t[..., :3, :].clone() for t in small.keys + small.values]
+    assert small.capacity == 4
+    second = [into_small.append(ids(6, 3)), into_large.append(ids(6, 3))]
+    assert small.capacity == 9 and small.lengths == large.lengths == [9]
+    assert all(torch.equal(t[..., :3, :], s) for t, s in zip(small.keys + small.values, stored, strict=True))
+    for a, b in zip(small.keys + small.values, large.keys + large.values, strict=True):
+        torch.testing.assert_close(a[..., :9, :], b[..., :9, :], rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.stack([first[0], second[0]]), torch.stack([first[1], second[1]]), rtol=0,
+                               atol=1e-5)
+
+
+def test_rows_appended_in_one_pass_hold_what_each_holds_alone(vlm):
+    """Chunks of 5 and 2 tokens onto rows holding 3 and 6: one padded pass writes each row's chunk after its own
+    tokens, as two single-row stores do."""
+    embed = vlm.get_input_embeddings()
+    starts, chunks = {0: ids(3, 4), 1: ids(6, 5)}, {0: ids(5, 6), 1: ids(2, 7)}
+    joint = KVStore(vlm, rows=2)
+    for row, start in starts.items():
+        joint.forward({row: (embed(torch.tensor(start)), torch.arange(len(start)))})
+    out = joint.forward({row: (embed(torch.tensor(c)), torch.arange(len(starts[row]), len(starts[row]) + len(c)))
+                         for row, c in chunks.items()})
+    assert joint.lengths == [8, 8]
+    for row in starts:
+        alone = KVStore(vlm)
+        alone.forward({0: (embed(torch.tensor(starts[row])), torch.arange(len(starts[row])))})
+        n = len(starts[row])
+        hidden = alone.forward({0: (embed(torch.tensor(chunks[row])), torch.arange(n, n + len(chunks[row])))})[0]
+        torch.testing.assert_close(out[row], hidden, rtol=0, atol=1e-5)
+        for a, b in zip(joint.keys + joint.values, alone.keys + alone.values, strict=True):
+            torch.testing.assert_close(a[row, :, :8], b[0, :, :8], rtol=0, atol=1e-5)
+
+
+class Recorder:
+    """A store that records which rows each forward pass takes and answers each row with its own chunk."""
+
+    def __init__(self):
+        self.passes: list[list[int]] = []
+
+    def forward(self, chunks):
+        self.passes.append(list(chunks))
+        return {row: embeds for row, (embeds, _) in chunks.items()}
+
+
+@pytest.mark.parametrize("sizes, passes", [
+    # a frame each (30, 28, 29 tokens) and a generated token: longest first, 4 x 30 = 120 <= 2 x 88, one pass
+    ({0: 30, 1: 28, 2: 1, 3: 29}, [[0, 3, 1, 2]]),
+    # a restarted prompt (300) takes the frame (20: 2 x 300 <= 2 x 320) but not the tokens (3 x 300 > 2 x 321)
+    ({0: 1, 1: 1, 2: 300, 3: 20, 4: 1}, [[2, 3], [0, 1, 4]]),
+    # a prompt of 400 takes one frame (800 <= 860, 1200 > 920); the other frame and the token share a pass
+    ({0: 400, 1: 30, 2: 30, 3: 1}, [[0, 1], [2, 3]]),
+    ({5: 7}, [[5]]),
+])
+def test_pass_packing(sizes, passes):
+    """Which chunks share a forward pass: each pass pads its chunks to its longest and stays within twice its
+    real tokens."""
+    asked = {row: (torch.full((n, 1), float(row)), torch.arange(n)) for row, n in sizes.items()}
+    store = Recorder()
+    hidden = _passes(store, asked)
+    assert store.passes == passes
+    assert sorted(hidden) == sorted(sizes) and all(torch.equal(hidden[r], asked[r][0]) for r in sizes)
