@@ -194,17 +194,16 @@ def degeneration(streamed: list[StreamedClip]) -> dict[str, float]:
     """Looping text, which matching scores alone miss (ProAssist issue 3: the same reply over and over after a
     summarize restart): the share of replies that repeat an earlier reply of their stream word for word, the
     longest run of one reply said again and again in a stream, and the share of replies cut at the token cap."""
-    replies = [[(r.text, r.reply_capped) for r in s.records if r.text] for s in streamed]
-    total = sum(len(texts) for texts in replies)
-    repeated = sum(text in {t for t, _ in texts[:i]} for texts in replies for i, (text, _) in enumerate(texts))
-    longest = 0
-    for texts in replies:
-        run = 0
-        for i, (text, _) in enumerate(texts):
-            run = run + 1 if i and text == texts[i - 1][0] else 1
-            longest = max(longest, run)
+    total = repeated = capped = longest = 0
+    for s in streamed:
+        seen, previous, run = set(), None, 0
+        for r in (r for r in s.records if r.text):
+            total, repeated, capped = total + 1, repeated + (r.text in seen), capped + r.reply_capped
+            run = run + 1 if r.text == previous else 1
+            longest, previous = max(longest, run), r.text
+            seen.add(r.text)
     return {"repeated_reply_rate": repeated / total if total else 0.0, "longest_repeat_run": longest,
-            "capped_reply_rate": sum(capped for texts in replies for _, capped in texts) / total if total else 0.0}
+            "capped_reply_rate": capped / total if total else 0.0}
 
 
 def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
