@@ -22,6 +22,14 @@ STREAM_ROW = {"model": str, "strategy": str, "frames": int, "budget": type(None)
               "compressions": int, "kv_bytes_per_token": int, "speedup_vs_naive_at_500": float}
 BATCH_ROW = {"model": str, "batch_size": int, "streams": int, "frames": int, "seconds": float, "frames_per_s": float,
              "max_prob_diff": float, "speedup_vs_batch_1": float}
+LATENCY = {"frames": int, "p50": float, "p95": float, "max": float, "mean": float, "rtf": float}
+LONG_STREAM_SUMMARY = {"model": str, "setting": str, "budget": int, "minutes": float, "talk_every": int,
+                       "torch_threads": int, "compressions": int, "ms": dict, "encoder_ms": float,
+                       "window_minutes": float, "settle_minutes": float, "p95_last_over_first": float,
+                       "rss_mb_after_first_minute": float, "rss_mb_max": float, "rss_growth_pct": float,
+                       "max_cache_tokens": int, "within_budget": bool, "keeps_up": bool}
+LONG_STREAM_MINUTE = {"minute": int, "frames": int, "talking": int, "p50_ms": float, "p95_ms": float, "max_ms": float,
+                      "max_cache_tokens": int, "max_rss_mb": float}
 PRECISION_TRAIN_ROW = {"precision": str, "steps": int, "tokens": int, "seconds": float, "ms_per_1k_tokens": float,
                        "first_step_loss": dict, "time_ratio_fp32": float, "first_step_loss_diff": float}
 PRECISION_STREAM_ROW = {"dtype": str, "batch_size": int, "videos": int, "streams": int, "frames": int,
@@ -83,6 +91,21 @@ def test_stream_batch_smoke(tmp_path):
     assert_rows(rows, BATCH_ROW)
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert all(r["streams"] == len(EVAL_SETTINGS) for r in rows)  # one video at eval.py's settings
+
+
+def test_long_stream_smoke(tmp_path):
+    tables, report = smoke(tmp_path, "long_stream.py", "--plot", str(tmp_path / "plot.png"))
+    assert tables == [3, 5]  # latency of all / decision / talking frames; the measures against their targets
+    assert set(report) == {"args", "summary", "minutes"}
+    summary = report["summary"]
+    assert_rows([summary], LONG_STREAM_SUMMARY)
+    assert set(summary["ms"]) == {"all", "decision", "talking"}
+    assert_rows(list(summary["ms"].values()), LATENCY)
+    assert summary["ms"]["talking"]["frames"] == summary["ms"]["all"]["frames"] // summary["talk_every"]
+    assert summary["compressions"] > 0 and summary["within_budget"]
+    assert_rows(report["minutes"], LONG_STREAM_MINUTE)
+    assert sum(m["frames"] for m in report["minutes"]) == summary["ms"]["all"]["frames"]
+    assert (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_precision_smoke(tmp_path):
