@@ -24,10 +24,11 @@ BATCH_ROW = {"model": str, "batch_size": int, "streams": int, "frames": int, "se
              "max_prob_diff": float, "speedup_vs_batch_1": float}
 LATENCY = {"frames": int, "p50": float, "p95": float, "max": float, "mean": float, "rtf": float}
 LONG_STREAM_SUMMARY = {"model": str, "setting": str, "budget": int, "minutes": float, "talk_every": int,
-                       "torch_threads": int, "compressions": int, "ms": dict, "encoder_ms": float,
-                       "window_minutes": float, "settle_minutes": float, "p95_last_over_first": float,
-                       "rss_mb_after_first_minute": float, "rss_mb_max": float, "rss_growth_pct": float,
-                       "max_cache_tokens": int, "within_budget": bool, "keeps_up": bool}
+                       "torch_threads": int, "compressions": int, "capped_replies": int, "ms": dict,
+                       "encoder_ms": float, "window_minutes": float, "settle_minutes": float,
+                       "p95_last_over_first": dict, "rss_mb_after_first_minute": float, "rss_mb_max": float,
+                       "rss_growth_pct": float, "max_cache_tokens": int, "within_budget": bool, "keeps_up": bool,
+                       "max_lag_s": float}
 LONG_STREAM_MINUTE = {"minute": int, "frames": int, "talking": int, "p50_ms": float, "p95_ms": float, "max_ms": float,
                       "max_cache_tokens": int, "max_rss_mb": float}
 PRECISION_TRAIN_ROW = {"precision": str, "steps": int, "tokens": int, "seconds": float, "ms_per_1k_tokens": float,
@@ -95,16 +96,17 @@ def test_stream_batch_smoke(tmp_path):
 
 def test_long_stream_smoke(tmp_path):
     tables, report = smoke(tmp_path, "long_stream.py", "--plot", str(tmp_path / "plot.png"))
-    assert tables == [3, 5]  # latency of all / decision / talking frames; the measures against their targets
-    assert set(report) == {"args", "summary", "minutes"}
+    assert tables == [3, 7]  # latency of all / decision / talking frames; the measures against their targets
+    assert set(report) == {"args", "summary", "per_minute"}
     summary = report["summary"]
     assert_rows([summary], LONG_STREAM_SUMMARY)
     assert set(summary["ms"]) == {"all", "decision", "talking"}
     assert_rows(list(summary["ms"].values()), LATENCY)
+    assert set(summary["p95_last_over_first"]) == {"all", "decision"}
     assert summary["ms"]["talking"]["frames"] == summary["ms"]["all"]["frames"] // summary["talk_every"]
     assert summary["compressions"] > 0 and summary["within_budget"]
-    assert_rows(report["minutes"], LONG_STREAM_MINUTE)
-    assert sum(m["frames"] for m in report["minutes"]) == summary["ms"]["all"]["frames"]
+    assert_rows(report["per_minute"], LONG_STREAM_MINUTE)
+    assert sum(m["frames"] for m in report["per_minute"]) == summary["ms"]["all"]["frames"]
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
