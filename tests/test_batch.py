@@ -19,10 +19,12 @@ from prospect.stream import StreamingGenerator
 from prospect.stream.batch import stream_batched
 from prospect.stream.generator import StreamOptions
 from prospect.stream.strategies import (
+    AttentionScored,
     DropAll,
     DropMiddle,
     DstStateRefresh,
     NoCompression,
+    RedundancyScored,
     SinkRecent,
     SummarizeAndDrop,
     UpstreamDropAll,
@@ -35,7 +37,8 @@ CAPS = {"max_new_tokens": 6, "max_summary_tokens": 6}  # upstream's 100 and 512,
 STRATEGIES = [NoCompression(), DropAll(budget=300), DropMiddle(budget=360, keep_recent=80),
               SinkRecent(budget=300, keep_recent=80), SummarizeAndDrop(budget=300), DstStateRefresh(budget=300),
               UpstreamDropAll(budget=350, **CAPS), UpstreamDropMiddle(budget=400, keep_recent=40, **CAPS),
-              UpstreamSummarize(budget=300, **CAPS)]
+              UpstreamSummarize(budget=300, **CAPS), AttentionScored(budget=360, keep=80),
+              RedundancyScored(budget=360, keep=80)]
 
 
 @pytest.fixture(scope="module")
