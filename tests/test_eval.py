@@ -283,3 +283,119 @@ def test_content_scores_hand_worked():
     assert content_scores([match]) == {"step_naming_accuracy": pytest.approx(1 / 3),
                                        "turn_type_accuracy": pytest.approx(3 / 4)}
     assert content_scores([VideoMatch(pred[4:], ref[4:], pairs=[(0, 0, 0.9)])]) == {}
+
+
+def test_tradeoff_table_hand_worked(tmp_path):
+    """tradeoff.csv from a report: strategy and budget in tokens parsed from each setting, the quality and cost
+    columns, empty cells for what a setting lacks (no step naming; no numbers where the budget did not fit)."""
+    from prospect.eval.report import save_tradeoff
+
+    cost = {"compressions": 2.5, "ms_per_frame": 4.0}
+    report = {"none": {"f1": 0.8, "dst_f1": 0.9, "step_naming_accuracy": 0.75, "peak_cache_tokens": 3000,
+                       "compressions": 0.0, "ms_per_frame": 5.0, "encoder": "e"},
+              "drop_middle_512": {"f1": 0.5, "dst_f1": 0.6, "peak_cache_tokens": 500, **cost},
+              "attention_scored_1k": {"f1": 0.7, "dst_f1": 0.8, "step_naming_accuracy": 0.5,
+                                      "peak_cache_tokens": 1000, **cost},
+              "attention_scored_256": {"does_not_fit": "c/0: attention_scored with a budget of 256 tokens", "clips": 2}}
+    rows, plot = save_tradeoff(report, tmp_path / "tradeoff.csv", tmp_path / "plots" / "tradeoff.png")
+    assert (tmp_path / "tradeoff.csv").read_text().splitlines() == [
+        "strategy,budget,f1,dst_f1,step_naming_accuracy,peak_cache_tokens,compressions,ms_per_frame,does_not_fit",
+        "none,,0.8,0.9,0.75,3000,0.0,5.0,",
+        "drop_middle,512,0.5,0.6,,500,2.5,4.0,",
+        "attention_scored,1024,0.7,0.8,0.5,1000,2.5,4.0,",
+        "attention_scored,256,,,,,,,c/0: attention_scored with a budget of 256 tokens"]
+    assert [r["budget"] for r in rows] == [None, 512, 1024, 256]
+    assert plot == tmp_path / "plots" / "tradeoff.png" and plot.stat().st_size > 0
+
+
+def test_a_sweep_takes_strategies_and_budgets_together():
+    from omegaconf import OmegaConf
+
+    from prospect.evaluate import stream_settings
+
+    both = OmegaConf.create({"settings": ["none", "dst_state_1k"], "strategies": ["sink_recent"], "budgets": [512]})
+    assert stream_settings(both) == ["none", "sink_recent_512"]  # the sweep replaces the settings
+    assert stream_settings(OmegaConf.create({"settings": ["none"], "strategies": None, "budgets": None})) == ["none"]
+    for half in ({"strategies": ["drop_middle"], "budgets": None}, {"strategies": [], "budgets": ["1k"]}):
+        with pytest.raises(ValueError, match="a sweep takes both stream.strategies .* and stream.budgets"):
+            stream_settings(OmegaConf.create({"settings": ["none"], **half}))
+
+
+def test_calibrate_keeps_the_defaults_of_a_setting_that_does_not_fit(monkeypatch):
+    """drop_all_256 fits at speaking 0.3 but not 0.5: it keeps the default thresholds, says why and streams no DST
+    stage; none is calibrated as ever."""
+    calls = []
+
+    def fake_stream_runs(generator, clips, runs, memo, desc, batch_size):
+        calls.append(list(runs))
+        return {run: [] for run in runs}
+
+    def fake_score(s, thresholds, streamed, similarity, window):
+        if s == "drop_all_256" and thresholds[0] == 0.5:
+            return SimpleNamespace(metrics={"does_not_fit": "c/0: drop_all: too small", "clips": 1})
+        return SimpleNamespace(metrics={"f1": thresholds[0], "dst_f1": thresholds[1]})
+
+    monkeypatch.setattr(streaming, "stream_runs", fake_stream_runs)
+    monkeypatch.setattr(streaming, "score", fake_score)
+    out = streaming.calibrate(SimpleNamespace(encode=None), [], ["none", "drop_all_256"], None, [0.3, 0.5],
+                              [0.3, 0.7], default=(0.4, 0.6))
+    assert out["none"] == {"thresholds": (0.5, 0.7), "grid": [
+        {"speaking_threshold": 0.3, "dst_update_threshold": 0.6, "f1": 0.3, "dst_f1": 0.6},
+        {"speaking_threshold": 0.5, "dst_update_threshold": 0.3, "f1": 0.5, "dst_f1": 0.3},
+        {"speaking_threshold": 0.5, "dst_update_threshold": 0.6, "f1": 0.5, "dst_f1": 0.6},
+        {"speaking_threshold": 0.5, "dst_update_threshold": 0.7, "f1": 0.5, "dst_f1": 0.7}]}
+    assert out["drop_all_256"] == {"thresholds": (0.4, 0.6), "does_not_fit": "c/0: drop_all: too small", "grid": [
+        {"speaking_threshold": 0.3, "dst_update_threshold": 0.6, "f1": 0.3, "dst_f1": 0.6},
+        {"speaking_threshold": 0.5, "dst_update_threshold": 0.6, "f1": None, "dst_f1": None}]}
+    assert calls[1] == [("none", (0.5, 0.3)), ("none", (0.5, 0.7))]
+
+
+def test_eval_sweep_on_a_checkpoint(trained, tmp_path):
+    """stream=tradeoff shrunk: three strategies at a budget too small for any (64) and at 1k, calibrated setting
+    by setting (the 64s keep the configured thresholds and are reported as not fitting), then calibrated on none
+    alone for every setting, logged to an offline wandb run; tradeoff.csv and its plot are written beside
+    eval_metrics.json, and logged."""
+    import csv
+
+    from hydra import compose, initialize_config_dir
+
+    from prospect.evaluate import run_eval
+
+    _, metrics = trained
+    shrunk = [f"ckpt_path={metrics['checkpoint']}", "stream=tradeoff", "num_clips=1", "calibration.num_clips=1",
+              "calibration.speaking=[0.3,0.5]", "calibration.dst_update=[0.5]", "stream.max_new_tokens=4",
+              "encoder=all-MiniLM-L6-v2", "max_plots=0"]
+    sweep = ["stream.strategies=[drop_middle,attention_scored,redundancy_scored]", "stream.budgets=[64,1k]"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        each = compose("eval", overrides=[*shrunk, *sweep, f"paths.output_dir={tmp_path / 'a'}"])
+        shared = compose("eval", overrides=[*shrunk, "stream.strategies=[attention_scored]", "stream.budgets=[1k]",
+                                            "calibration.from_none=true", f"paths.output_dir={tmp_path / 'b'}",
+                                            "logger=wandb", "logger.offline=true"])
+    report = run_eval(each)
+    settings = ["none"] + [f"{s}_{b}" for s in ("drop_middle", "attention_scored", "redundancy_scored")
+                           for b in ("64", "1k")]
+    assert list(report) == settings
+    with (tmp_path / "a" / "tradeoff.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["strategy"], r["budget"]) for r in rows] == [("none", "")] + [
+        (s, b) for s in ("drop_middle", "attention_scored", "redundancy_scored") for b in ("64", "1024")]
+    for setting, row in zip(settings, rows, strict=True):
+        m = report[setting]
+        if setting.endswith("_64"):  # the configured thresholds, no numbers
+            assert "with a budget of 64 tokens: the prefix it keeps" in m["does_not_fit"] and row["does_not_fit"]
+            assert (m["speaking_threshold"], m["dst_update_threshold"], row["f1"]) == (0.5, 0.5, "")
+        else:
+            assert "does_not_fit" not in m and float(row["f1"]) == m["f1"] and row["does_not_fit"] == ""
+            assert setting == "none" or int(row["peak_cache_tokens"]) <= 1024
+    assert (tmp_path / "a" / "plots" / "tradeoff.png").exists()
+    calibration = json.loads((tmp_path / "a" / "calibration.json").read_text())["settings"]
+    assert list(calibration) == settings and "does_not_fit" in calibration["drop_middle_64"]
+    report = run_eval(shared)
+    calibration = json.loads((tmp_path / "b" / "calibration.json").read_text())["settings"]
+    assert list(calibration) == ["none"] and list(report) == ["none", "attention_scored_1k"]
+    for m in report.values():
+        assert (m["speaking_threshold"], m["dst_update_threshold"]) == tuple(calibration["none"]["thresholds"])
+        assert m["thresholds_from"] == "calibrated on val (none's)"
+    (run,) = (tmp_path / "b" / "wandb").glob("offline-run-*")
+    logged = {p.name.rsplit("_", 2)[0] for p in (run / "files" / "media").rglob("*") if p.is_file()}
+    assert {"tradeoff", "tradeoff_plot"} <= logged

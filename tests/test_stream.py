@@ -14,13 +14,17 @@ from prospect.stream.cache import CacheState
 from prospect.stream.decoder import Turn
 from prospect.stream.generator import stream_dtype
 from prospect.stream.strategies import (
+    AttentionScored,
     DropAll,
     DropMiddle,
     DstStateRefresh,
     NoCompression,
+    RedundancyScored,
     SinkRecent,
     SummarizeAndDrop,
     UpstreamStrategy,
+    budget_tokens,
+    sweep_settings,
 )
 
 TPF = 4
@@ -174,7 +178,8 @@ def test_rerotate_positions_stay_bounded_on_an_endless_stream(gen, clip):
 
 @pytest.mark.parametrize("strategy", [
     DropAll(budget=300), DropMiddle(budget=360, keep_recent=80), SinkRecent(budget=300, keep_recent=80),
-    SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)], ids=lambda s: s.name)
+    SummarizeAndDrop(budget=300), DstStateRefresh(budget=300), AttentionScored(budget=360, keep=80),
+    RedundancyScored(budget=360, keep=80)], ids=lambda s: s.name)
 def test_every_strategy_stays_within_its_budget(gen, clip, strategy):
     gen.strategy = strategy
     gen.speaking_threshold = gen.dst_update_threshold = 0.0  # both heads fire on every frame: the most tokens
@@ -240,8 +245,22 @@ def test_named_settings():
     assert (s.name, s.budget, s.keep_recent, s.position_mode) == ("drop_middle", 2048, 1024, "keep")
     assert make_strategy("summarize_4k").budget == 4096 and make_strategy("dst_state_1k").position_mode == "rerotate"
     assert make_strategy("sink_recent_1k").position_mode == "rerotate"
-    with pytest.raises(ValueError, match="unknown streaming setting"):
-        make_strategy("drop_some_1k")
+    s = make_strategy("drop_middle_512")
+    assert (s.budget, s.keep_recent) == (512, 256)
+    s = make_strategy("attention_scored_3k")
+    assert (s.name, s.budget, s.keep, s.position_mode, s.observes) == ("attention_scored", 3072, 1536, "keep", True)
+    s = make_strategy("redundancy_scored_300")
+    assert (s.name, s.budget, s.keep, s.position_mode) == ("redundancy_scored", 300, 150, "keep")
+    for wrong in ("drop_some_1k", "drop_middle_0", "drop_middle_1.5k", "drop_middle_-512", "drop_middle_1m", "none_1k"):
+        with pytest.raises(ValueError, match="unknown streaming setting"):
+            make_strategy(wrong)
+    assert [budget_tokens(b) for b in (256, "512", "1k", "4k")] == [256, 512, 1024, 4096]
+    with pytest.raises(ValueError, match="positive number of tokens"):
+        budget_tokens("0k")
+    assert sweep_settings(["drop_middle", "attention_scored"], [256, "1k"]) == [
+        "none", "drop_middle_256", "drop_middle_1k", "attention_scored_256", "attention_scored_1k"]
+    with pytest.raises(ValueError, match="unknown streaming setting 'drop_most_256'"):
+        sweep_settings(["drop_most"], [256])
 
 
 def test_stream_dtypes_by_name():

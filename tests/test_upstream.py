@@ -39,7 +39,8 @@ from prospect.eval.dst_metrics import reference_states
 from prospect.eval.streaming import StreamedClip, reference_events, score, stream_runs
 from prospect.model.backbone import load_backbone
 from prospect.stream.decoder import Turn
-from prospect.stream.generator import FrameRecord, StreamingGenerator
+from prospect.stream.generator import FrameRecord, StreamingGenerator, StreamOptions
+from prospect.stream.strategies import make_strategy
 
 
 @pytest.fixture(scope="module")
@@ -581,6 +582,27 @@ def test_dialogs_of_one_video_stream_batched_as_alone(tiny_dir, files):
                                                                          abs=1e-4)
     assert all(r.text for s in alone[runs[0]] for r in s.records)
     assert all(r.dst_text for s in alone[runs[1]] if s.clip.task.steps for r in s.records)
+
+
+def test_scored_strategies_on_upstreams_dialogs(tiny_dir, files):
+    """attention_scored and redundancy_scored at 600 tokens on the three dialogs of one video (knowledge turn,
+    summary request) and the DST clip, speaking or writing a DST update at every frame: within the budget, the
+    knowledge turn kept, batched (3) as alone (1)."""
+    vlm, tok = load_backbone(str(tiny_dir))
+    gen = StreamingGenerator.untrained(vlm, tok, 1, max_new_tokens=3)
+    clips = _load(files["l0"]) + _load(files["dst"])
+    runs = [("attention_scored_600", (0.0, 2.0)), ("redundancy_scored_600", (2.0, 0.0))]
+    alone, batched = stream_runs(gen, clips, runs, batch_size=1), stream_runs(gen, clips, runs, batch_size=3)
+    exact = ("frame", "text", "dst_text", "dst_state", "cache_tokens", "positions", "compressions")
+    for run in runs:
+        assert max(s.records[-1].compressions for s in alone[run]) > 0, run
+        for a, b in zip(alone[run], batched[run], strict=True):
+            assert a.does_not_fit is None and max(r.cache_tokens for r in a.records) <= 600
+            assert [[getattr(r, k) for k in exact] for r in a.records] == [[getattr(r, k) for k in exact]
+                                                                           for r in b.records], (run, a.clip.id)
+    stream = gen.stream(clips[1], options=StreamOptions(make_strategy(runs[0][0]), 0.0, 2.0))
+    records = list(stream)
+    assert records[-1].compressions > 0 and f"Task knowledge: {KNOWLEDGE}" in tok.decode(stream.cache.token_ids)
 
 
 def _train_and_eval(tmp_path, data: list[str], run: str):

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from test_stream import chunks, frame_features
 
 from prospect.data.clip import Event
+from prospect.evaluate import stream_settings
 from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames
 from prospect.stream import StreamingGenerator, make_strategy
@@ -183,6 +184,9 @@ def test_every_stream_choice_names_known_settings(choice, monkeypatch):
     monkeypatch.setenv("PROSPECT_ROOT", str(CONF.parent))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("eval", overrides=[f"stream={choice}"])
-    strategies = [make_strategy(s) for s in cfg.stream.settings]
+    strategies = [make_strategy(s) for s in stream_settings(cfg.stream)]
     assert choice != "upstream_4k" or {s.name for s in strategies} >= {
         "upstream_drop_all", "upstream_drop_middle", "upstream_summarize"}
+    # the trade-off sweep: none and the strategies that bound the cache, the two scored ones among them, at 4 budgets
+    assert choice != "tradeoff" or (len(strategies) == 1 + 7 * 4 and {s.budget for s in strategies} == {
+        None, 256, 512, 1024, 2048} and {"attention_scored", "redundancy_scored"} <= {s.name for s in strategies})

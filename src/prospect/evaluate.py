@@ -1,6 +1,7 @@
 """The evaluation job behind `python eval.py`: stream a data split through a checkpoint (or a plain backbone,
-zero-shot) at each compression setting, optionally with thresholds calibrated on the validation split, and
-write eval_metrics.json (keyed by setting), eval_metrics.csv, dialog.csv, calibration.json and plots."""
+zero-shot) at each compression setting (a list, or every strategy at every budget), optionally with thresholds
+calibrated on the validation split, and write eval_metrics.json (keyed by setting), eval_metrics.csv,
+tradeoff.csv, dialog.csv, calibration.json and plots."""
 
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from prospect.eval.encoder import load_encoder
 from prospect.eval.report import (
+    TRADEOFF_COLUMNS,
     log_to_wandb,
     metrics_table,
     save_dialog_csv,
     save_metrics_csv,
     save_plots,
+    save_tradeoff,
 )
 from prospect.eval.streaming import calibrate, evaluate
 from prospect.model.features import open_feature_store
 from prospect.stream.generator import StreamingGenerator, pick_device, stream_dtype
+from prospect.stream.strategies import sweep_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Returns {setting: metrics} as written to eval_metrics.json."""
     out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     generator, data_cfg = _generator(cfg)
     datamodule = instantiate(data_cfg)
     with FileLock(str(Path(data_cfg["root"]).parent / ".prospect-prepare.lock")):
@@ -40,28 +45,32 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     # None: frames are encoded (opened on the float32 model, whose fingerprint the store records)
     store = open_feature_store(datamodule.feature_store, generator.model, generator.tokens_per_frame)
     generator.to(dtype=stream_dtype(cfg.stream.dtype))
-    settings = list(cfg.stream.settings)
+    settings = stream_settings(cfg.stream)
     window = tuple(cfg.window) if cfg.window else None
     thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
     calibration = None
     if cfg.calibrate:
         cal = cfg.calibration
         val = _clips(datamodule, cal.split, cal.num_clips)
-        calibration = calibrate(generator, val, settings, encoder, list(cal.speaking), list(cal.dst_update), thresholds,
-                                window, store, cfg.stream.batch_size)
-        thresholds = {s: c["thresholds"] for s, c in calibration.items()}
+        calibrated = ["none"] if cal.from_none else settings
+        calibration = calibrate(generator, val, calibrated, encoder, list(cal.speaking), list(cal.dst_update),
+                                thresholds, window, store, cfg.stream.batch_size)
+        thresholds = {s: calibration["none" if cal.from_none else s]["thresholds"] for s in settings}
         (out_dir / "calibration.json").write_text(json.dumps(
             {"split": cal.split, "clips": len(val), "encoder": encoder.name, "settings": calibration}, indent=2) + "\n")
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
     results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
                        store=store, batch_size=cfg.stream.batch_size)
+    thresholds_from = "config"
+    if calibration:
+        thresholds_from = f"calibrated on {cfg.calibration.split}" + (" (none's)" if cfg.calibration.from_none else "")
     report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_update_threshold": r.thresholds[1],
-                  "thresholds_from": f"calibrated on {cfg.calibration.split}" if calibration else "config",
-                  "encoder": encoder.name, "split": cfg.split, "checkpoint": cfg.ckpt_path}
+                  "thresholds_from": thresholds_from, "encoder": encoder.name, "split": cfg.split,
+                  "checkpoint": cfg.ckpt_path}
               for s, r in results.items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     save_metrics_csv(report, out_dir / "eval_metrics.csv")
+    tradeoff, tradeoff_plot = save_tradeoff(report, out_dir / "tradeoff.csv", out_dir / "plots" / "tradeoff.png")
     save_dialog_csv(results, out_dir / "dialog.csv")
     plots = save_plots(results, out_dir / "plots", cfg.max_plots)
     if cfg.get("logger"):
@@ -71,13 +80,29 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         if isinstance(logger, WandbLogger):
             logger.experiment.config.update({"encoder": encoder.name, "eval": OmegaConf.to_container(cfg)})
             log_to_wandb(logger, results, plots, "eval")
+            logger.log_table("eval/tradeoff", columns=TRADEOFF_COLUMNS,
+                             data=[[r[c] for c in TRADEOFF_COLUMNS] for r in tradeoff])
+            logger.log_image("eval/tradeoff_plot", [str(tradeoff_plot)])
             logger.experiment.finish()
         else:
             logger.save()
     log.info("%s split, %d clips, encoder %s%s:\n%s", cfg.split, len(clips), encoder.name,
-             f", thresholds calibrated on {cfg.calibration.split}" if calibration else "",
+             f", thresholds {thresholds_from}" if calibration else "",
              metrics_table(report, keys=("speaking_threshold", "dst_update_threshold", *_TABLE)))
+    for s, m in report.items():
+        if "does_not_fit" in m:
+            log.warning("%s does not fit: %s", s, m["does_not_fit"])
     return report
+
+
+def stream_settings(stream: DictConfig) -> list[str]:
+    """The settings eval.py streams: with `stream.strategies`, `none` and each of them at each budget of
+    `stream.budgets` (sweep_settings; `stream.settings` is then ignored), else `stream.settings`."""
+    strategies, budgets = stream.get("strategies"), stream.get("budgets")
+    if bool(strategies) != bool(budgets):
+        raise ValueError("a sweep takes both stream.strategies (e.g. [drop_middle,attention_scored]) and "
+                         f"stream.budgets (e.g. [256,512,1k,2k]); got strategies={strategies}, budgets={budgets}")
+    return sweep_settings(strategies, budgets) if strategies else list(stream.settings)
 
 
 _TABLE = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "step_naming_accuracy", "turn_type_accuracy",

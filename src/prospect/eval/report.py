@@ -1,5 +1,6 @@
 """What a streaming evaluation leaves behind: a comparison table, timeline plots with compression points, a
-settings comparison plot, the generated-vs-reference dialog (CSV and wandb table)."""
+settings comparison plot, the generated-vs-reference dialog (CSV and wandb table), and the trade-off of quality
+against cache size per strategy and budget (tradeoff.csv, a plot, a wandb table)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 
 from prospect.eval.streaming import DIALOG_COLUMNS, SettingResult, StreamedClip, dialog_rows, reference_events
-from prospect.model.plots import plot_settings, plot_timeline
+from prospect.model.plots import plot_settings, plot_timeline, plot_tradeoff
+from prospect.stream.strategies import make_strategy
 
 TABLE_KEYS = ("f1", "precision", "recall", "bleu4", "meteor", "cider", "dst_f1", "dst_state_accuracy",
               "speaking_auroc", "ms_per_frame", "peak_cache_tokens", "compressions")
@@ -51,7 +53,7 @@ def save_plots(results: dict[str, SettingResult], out_dir: Path, max_clips: int)
             name = f"stream_{setting}_{streamed.clip.id.replace('/', '_')}.png"
             paths.append(plot_stream(out_dir / name, streamed, setting, result.thresholds))
     paths.append(plot_settings(out_dir / "settings.png", "streaming settings",
-                               {s: r.metrics for s, r in results.items()}))
+                               {s: r.metrics for s, r in results.items() if "does_not_fit" not in r.metrics}))
     return paths
 
 
@@ -82,3 +84,30 @@ def log_to_wandb(logger: WandbLogger, results: dict[str, SettingResult], plots: 
     """The dialog table and the plots, under `prefix` (e.g. "stream" or "eval")."""
     logger.log_table(f"{prefix}/dialog", columns=DIALOG_COLUMNS, data=all_dialog_rows(results), step=step)
     logger.log_image(f"{prefix}/timelines", [str(p) for p in plots], step=step, caption=[p.stem for p in plots])
+
+
+TRADEOFF_COLUMNS = ["strategy", "budget", "f1", "dst_f1", "step_naming_accuracy", "peak_cache_tokens", "compressions",
+                    "ms_per_frame", "does_not_fit"]
+
+
+def tradeoff_rows(metrics: dict[str, dict]) -> list[dict]:
+    """One row per setting ({setting: metrics}, as eval_metrics.json): its strategy and budget in tokens (none:
+    no budget) with TRADEOFF_COLUMNS' metrics; a setting that did not fit has its reason and no numbers, a
+    metric the data does not give (step naming without synthetic references) is None."""
+    rows = []
+    for setting, m in metrics.items():
+        strategy = make_strategy(setting)
+        rows.append({"strategy": strategy.name, "budget": strategy.budget,
+                     **{k: m.get(k) for k in TRADEOFF_COLUMNS[2:]}})
+    return rows
+
+
+def save_tradeoff(metrics: dict[str, dict], csv_path: Path, plot_path: Path) -> tuple[list[dict], Path]:
+    """tradeoff.csv (TRADEOFF_COLUMNS; empty cells where a value is None) and its plot; (the rows, the plot)."""
+    rows = tradeoff_rows(metrics)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, TRADEOFF_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows, plot_tradeoff(plot_path, rows)

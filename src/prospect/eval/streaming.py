@@ -41,6 +41,7 @@ class StreamedClip:
     clip: Clip
     records: list[FrameRecord]
     malformed_dst: int
+    does_not_fit: str | None = None  # the budget could not hold the strategy's keep and a frame (the stream ended)
 
     def predicted(self) -> tuple[Turns, Turns]:
         """(dialog turns, DST-update turns) the model produced, at their decision times."""
@@ -125,8 +126,10 @@ def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequ
                 batch_size: int = 1) -> dict[Run, list[StreamedClip]]:
     """Stream every clip at every run (setting and thresholds), `batch_size` streams at a time
     (stream.batch.stream_batched; one progress bar counts frames): {run: one StreamedClip per clip, in clip
-    order}. A given `memo` is kept (reuse it across calls on the same clips); otherwise frame features come
-    from `store` when given, else from the vision encoder, and a video's are forgotten once its last stream ends."""
+    order}. A stream whose budget cannot hold its strategy's keep and a frame ends there, saying why
+    (`does_not_fit`), and the others go on. A given `memo` is kept (reuse it across calls on the same clips);
+    otherwise frame features come from `store` when given, else from the vision encoder, and a video's are
+    forgotten once its last stream ends."""
     shared = memo is not None  # the caller keeps it (and forgets nothing)
     memo = memo if shared else FeatureMemo(generator, store)
     jobs = [(clip, run) for clip in clips for run in runs]  # clip by clip: few videos' features held at once
@@ -143,7 +146,7 @@ def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequ
                 bar.update()
                 continue
             clip, run = jobs[i]
-            streamed[run][i // len(runs)] = StreamedClip(clip, records[i], stream.malformed_dst)
+            streamed[run][i // len(runs)] = StreamedClip(clip, records[i], stream.malformed_dst, stream.budget_error)
             left[clip.frames_path] -= 1
             if not shared and not left[clip.frames_path]:
                 memo.forget(clip)
@@ -152,7 +155,7 @@ def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequ
 
 def _start(generator: StreamingGenerator, clip: Clip, features: FeatureMemo, strategy: Strategy,
            thresholds: Thresholds, cache: CacheState) -> Stream:
-    return generator.stream(clip, features, StreamOptions(strategy, *thresholds, cache=cache))
+    return generator.stream(clip, features, StreamOptions(strategy, *thresholds, cache=cache, end_on_budget_error=True))
 
 
 def _per_setting(thresholds: Thresholds | Mapping[str, Thresholds], settings: Sequence[str]) -> dict[str, Thresholds]:
@@ -161,7 +164,11 @@ def _per_setting(thresholds: Thresholds | Mapping[str, Thresholds], settings: Se
 
 def score(setting: str, thresholds: Thresholds, streamed: list[StreamedClip], similarity: Similarity,
           window: tuple[float, float] | None = None) -> SettingResult:
-    """Dialog and DST matching metrics, DST state accuracy, per-frame head AUROC / AP, cost of streaming."""
+    """Dialog and DST matching metrics, DST state accuracy, per-frame head AUROC / AP, cost of streaming; a
+    setting whose budget did not fit a clip has no numbers, only `does_not_fit` (its reason) and `clips`."""
+    unfit = next((f"{s.clip.id}: {s.does_not_fit}" for s in streamed if s.does_not_fit), None)
+    if unfit:
+        return SettingResult(setting, thresholds, [], [], [], {"does_not_fit": unfit, "clips": len(streamed)})
     dialog, dst = [], []
     for s in streamed:
         (pred, pred_dst), (ref, ref_dst) = s.predicted(), reference_turns(s.clip)
@@ -228,9 +235,10 @@ def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Se
               ) -> dict[str, dict]:
     """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
     threshold with the best DST F1 at that speaking threshold (frame features from `store` when given). Every
-    speaking threshold of every setting streams in one batched pass, then every DST threshold.
+    speaking threshold of every setting streams in one batched pass, then every DST threshold. A setting whose
+    budget does not fit at some threshold keeps the `default` thresholds and says why (`does_not_fit`).
     Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_update_threshold", "f1",
-    "dst_f1"}, ...]}}."""
+    "dst_f1"}, ...], "does_not_fit" where it did not}}."""
     memo = FeatureMemo(generator, store)
     grid: dict[str, dict[Thresholds, dict]] = {s: {} for s in settings}
 
@@ -240,15 +248,22 @@ def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Se
         for (s, t), clips_streamed in streamed.items():
             grid[s][t] = score(s, t, clips_streamed, similarity, window).metrics
 
+    def fitting() -> list[str]:
+        return [s for s in settings if not any("does_not_fit" in m for m in grid[s].values())]
+
     run([(s, (p, default[1])) for p in speaking for s in settings], "speaking")
-    best_speaking = {s: max(speaking, key=lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in settings}
-    run([(s, (best_speaking[s], d)) for d in dst_update for s in settings], "DST updates")
+    best_speaking = {s: max(speaking, key=lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in fitting()}
+    run([(s, (best_speaking[s], d)) for d in dst_update for s in best_speaking], "DST updates")
     out = {}
     for s in settings:
-        best_dst = max(dst_update, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
-        out[s] = {"thresholds": (best_speaking[s], best_dst),
-                  "grid": [{"speaking_threshold": t[0], "dst_update_threshold": t[1], "f1": m["f1"],
-                            "dst_f1": m["dst_f1"]} for t, m in sorted(grid[s].items())]}
+        out[s] = {"thresholds": default}
+        if s in fitting():
+            best_dst = max(dst_update, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
+            out[s]["thresholds"] = (best_speaking[s], best_dst)
+        else:
+            out[s]["does_not_fit"] = next(m["does_not_fit"] for m in grid[s].values() if "does_not_fit" in m)
+        out[s]["grid"] = [{"speaking_threshold": t[0], "dst_update_threshold": t[1], "f1": m.get("f1"),
+                           "dst_f1": m.get("dst_f1")} for t, m in sorted(grid[s].items())]
     return out
 
 

@@ -1,6 +1,6 @@
 """Plots saved as PNG files (and logged to wandb by their callers): timelines of the per-frame head
 probabilities against the reference turns (teacher-forced after testing, for the first few test clips; and
-streamed, with compression points), and a comparison of streaming settings."""
+streamed, with compression points), a comparison of streaming settings, and quality against cache size."""
 
 from __future__ import annotations
 
@@ -89,6 +89,36 @@ def plot_settings(path: Path, title: str, metrics: dict[str, dict[str, float]],
     ax.set_ylim(0, 1.25)  # room for the legend above the bars
     ax.set_title(title)
     ax.legend(ncol=len(keys), fontsize=8, loc="upper center")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(path: Path, rows: list[dict], keys: tuple[str, ...] = ("f1", "step_naming_accuracy")) -> Path:
+    """Quality against peak cache tokens: a panel per metric of `keys` that some row has, a line per strategy
+    through its budgets (rows {strategy, budget, peak_cache_tokens, metric...}; a budget that did not fit has no
+    point), the strategy `none` as a dashed horizontal reference line."""
+    shown = [k for k in keys if any(r.get(k) is not None for r in rows)] or list(keys[:1])
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    for ax, key in zip(axes[0], shown, strict=True):
+        points = defaultdict(list)
+        for r in rows:
+            if r.get(key) is not None:
+                points[r["strategy"]].append((r["peak_cache_tokens"], r[key], r["budget"]))
+        for strategy, line in points.items():
+            if strategy == "none":
+                ax.axhline(line[0][1], color="black", ls="--", lw=1, label=f"none ({line[0][0]} tokens)")
+                continue
+            tokens, values, _ = zip(*sorted(line, key=lambda point: point[2]), strict=True)
+            ax.plot(tokens, values, marker="o", lw=1, label=strategy)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 512, not 2^9
+        ax.set_xlabel("peak cache tokens")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_title("quality against cache budget")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

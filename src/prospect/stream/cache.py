@@ -8,7 +8,8 @@ earlier tokens of its chunk only. Pad tokens land past the row's length, where i
 Nothing is copied per step but the new tokens, whatever the batch (a pass over some of the rows gathers theirs).
 The store is the cache transformers' attention layers call `update` on (the subset of `transformers.Cache` that
 LlamaModel uses, the same from 5.0 to 5.24); its passes run an attention of its own (`_attention`), whatever the
-model was loaded with.
+model was loaded with. A pass may also record, for the rows asked (`observing`), the attention their chunk's tokens
+pay to the row's tokens (attention_scored's scores); the passes' results are the same either way.
 
 transformers caches keys *after* RoPE. Dropping cached tokens therefore leaves the kept keys at their original
 positions: either new tokens continue that numbering (`keep`), or the kept keys are re-rotated to contiguous
@@ -16,14 +17,17 @@ positions (`rerotate`, as StreamingLLM does), which keeps positions bounded on e
 exists only to reproduce upstream: new tokens from the cache length (`number_from_length`), as transformers
 numbers them, which after a drop from the middle collides with the positions of kept keys.
 
-`CacheState` is one stream's row and what the compression strategies act on. It runs the model to append tokens,
-but knows nothing of prompts, heads, budgets, the generator or the other rows.
+`CacheState` is one stream's row and what the compression strategies act on: per cached token its position and id,
+which slots are the prefix, which hold a frame (and the frame's features), and the attention the last observed
+chunk paid. It runs the model to append tokens, but knows nothing of prompts, heads, budgets, the generator or the
+other rows.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -41,11 +45,17 @@ Chunk = tuple[Tensor, Tensor]  # (embeddings [n, H], positions [n]) to append to
 ATTENTION = "prospect_kvstore"  # the attention the store's passes run, whatever the model was loaded with
 
 
+Observer = Callable[[Tensor, Tensor, Tensor, float], None]  # (query, key, mask, scaling) of one layer
+
+
 def _attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor,
-               scaling: float, **kwargs) -> tuple[Tensor, None]:
+               scaling: float, observe: Observer | None = None, **kwargs) -> tuple[Tensor, None]:
     """sdpa under the store's additive mask. transformers' sdpa repeats every cached key and value for each query
     head when there is a mask (a copy of the whole cache per layer and pass, most of a batched pass on a CPU);
-    torch's GQA reads them in place, on a CPU. CUDA's fast kernels take no masked GQA, so there they are repeated."""
+    torch's GQA reads them in place, on a CPU. CUDA's fast kernels take no masked GQA, so there they are repeated.
+    `observe` (passed by the store through the model's keyword arguments) sees the layer's query and keys."""
+    if observe is not None:
+        observe(query, key, attention_mask, scaling)
     gqa = query.device.type == "cpu"
     if not gqa:
         key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
@@ -72,6 +82,8 @@ class KVStore:
         self.keys = [weight.new_zeros(shape) for _ in range(text.num_hidden_layers)]
         self.values = [weight.new_zeros(shape) for _ in range(text.num_hidden_layers)]
         self.lengths = [0] * rows  # cached tokens per row
+        self.observing: set[int] = set()  # rows whose next chunk's attention is recorded (`observed`)
+        self.observed: dict[int, Tensor] = {}  # row -> [its tokens] mean attention its last observed chunk paid
         self.token_bytes = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
                                            weight.element_size())
         # during forward: the rows [B], whether they are a subset, their write columns [B, n], the kv length
@@ -84,7 +96,9 @@ class KVStore:
     @torch.no_grad()
     def forward(self, chunks: Mapping[int, Chunk]) -> dict[int, Tensor]:
         """Append each row's chunk {row: (embeddings [n, H], positions [n])} in one forward pass of the text model;
-        {row: the chunk's last hidden states [n, H]}."""
+        {row: the chunk's last hidden states [n, H]}. For the rows in `observing`, `observed[row]` becomes the
+        attention the chunk's tokens paid to each of the row's tokens (theirs included), averaged over layers, heads
+        and the chunk's tokens."""
         rows = sorted(chunks)
         lengths = torch.tensor([self.lengths[r] for r in rows])  # [B]
         sizes = [len(chunks[r][0]) for r in rows]
@@ -102,15 +116,24 @@ class KVStore:
         subset = rows != list(range(len(self.lengths)))  # a pass over some rows gathers their cache
         self._step = (torch.tensor(rows, device=device), subset, columns.to(device), kv_length)
         text_model = self.model.model.text_model
+        observed = [i for i, r in enumerate(rows) if r in self.observing]  # batch entries whose attention is kept
+        totals = torch.zeros(len(observed), kv_length, device=device)  # [b, kv] attention summed over layers, heads
+        observe = partial(_observe, observed, torch.tensor(sizes)[observed].to(device), totals)
+        extra = {"observe": observe} if observed else {}
         loaded, text_model.config._attn_implementation = text_model.config._attn_implementation, ATTENTION
         try:
             out = text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
-                             position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self})
+                             position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self}, **extra)
         finally:
             self._step = None
             text_model.config._attn_implementation = loaded
         for r, s in zip(rows, sizes, strict=True):
             self.lengths[r] += s
+        heads = self.model.config.text_config.num_attention_heads
+        for j, i in enumerate(observed):
+            r = rows[i]
+            self.observing.discard(r)
+            self.observed[r] = totals[j, :self.lengths[r]].cpu() / (len(self.keys) * heads * sizes[i])
         return {r: out.last_hidden_state[i, :s] for i, (r, s) in enumerate(zip(rows, sizes, strict=True))}
 
     def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -153,6 +176,20 @@ class KVStore:
         self.lengths[row] = 0
 
 
+def _observe(batch: list[int], sizes: Tensor, totals: Tensor, query: Tensor, key: Tensor, mask: Tensor,
+             scaling: float) -> None:
+    """Add one layer's attention weights of the batch entries `batch` (their first `sizes` queries, the real tokens
+    of their chunks), summed over heads and queries, to `totals` [len(batch), kv]: softmax(q k^T * scaling + mask)
+    as the attention computes it, in float32, with each key shared by its group of query heads."""
+    index = torch.tensor(batch, device=query.device)
+    q, k = query[index].float(), key[index].float()  # [b, heads, n, head_dim], [b, kv_heads, kv, head_dim]
+    b, heads, n, head_dim = q.shape
+    logits = q.view(b, k.shape[1], heads // k.shape[1], n, head_dim) @ k[:, :, None].transpose(-1, -2) * scaling
+    weights = (logits + mask[index][:, :, None].float()).softmax(-1).sum((1, 2))  # [b, n, kv]
+    real = torch.arange(n, device=query.device) < sizes[:, None]  # [b, n]
+    totals += (weights * real[..., None]).sum(1)
+
+
 Runner = Callable[[int, Tensor, Tensor], Tensor]  # (row, embeddings [n, H], positions [n]) -> hidden [n, H]
 
 
@@ -173,6 +210,13 @@ class CacheState:
         self.positions = torch.zeros(0, dtype=torch.long)  # [T] position of each cached token
         self.token_ids = torch.zeros(0, dtype=torch.long)  # [T] and its token id (for inspection and tests)
         self.prefix = torch.zeros(0, dtype=torch.long)  # cache slots of the prefix that drop_middle keeps
+        self.frame_of = torch.zeros(0, dtype=torch.long)  # [T] the frame each cached token belongs to (-1: none)
+        self.frame_features: dict[int, Tensor] = {}  # frame -> the features it was fed [tokens_per_frame, H]
+        self._frames_marked = 0
+        # the mean attention the last observed chunk paid to each slot up to its end [T'], and its first slot;
+        # None after a drop (the slots moved) until a chunk is observed again
+        self.attention: Tensor | None = None
+        self.observed_from = 0
         self.next_position = 0
         # the position count that first passed max_positions (None: never), kept across restarts
         self.first_beyond: int | None = None
@@ -186,16 +230,23 @@ class CacheState:
         """Bytes the cached keys and values take (2 x layers x kv_heads x head_dim x tokens x bytes per value)."""
         return self.tokens * self.store.token_bytes
 
-    def append(self, ids: list[int], frame_features: Tensor | None = None) -> Tensor:
+    def append(self, ids: list[int], frame_features: Tensor | None = None, observe: bool = False) -> Tensor:
         """Run `ids` (frame features [F, tokens_per_frame, H] in their `<image>` slots) through the text model
-        onto the cache, at the next positions; the last hidden state [H]."""
+        onto the cache, at the next positions; the last hidden state [H]. With `observe`, `attention` becomes the
+        attention these tokens paid to each cached slot (KVStore.forward) and `observed_from` their first slot."""
         input_ids = torch.tensor([ids])  # [1, n]
         positions = torch.arange(self.next_position, self.next_position + len(ids))
         with torch.no_grad():
             embeds = embed_with_frames(self.model, input_ids.to(self.device), frame_features)[0]  # [n, H]
+        start = self.tokens
+        if observe:
+            self.store.observing.add(self.row)
         hidden = self.run(self.row, embeds, positions)
+        if observe:
+            self.attention, self.observed_from = self.store.observed.pop(self.row), start
         self.positions = torch.cat([self.positions, positions])
         self.token_ids = torch.cat([self.token_ids, input_ids[0]])
+        self.frame_of = torch.cat([self.frame_of, torch.full((len(ids),), -1)])
         self.next_position += len(ids)
         if self.next_position > self.max_positions and self.first_beyond is None:
             self.first_beyond = self.next_position
@@ -208,23 +259,40 @@ class CacheState:
         self.next_position = 0
         self.positions, self.token_ids = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         self.prefix = torch.zeros(0, dtype=torch.long)
+        self.frame_of, self.frame_features, self.attention = torch.zeros(0, dtype=torch.long), {}, None
         return self.append(ids) if ids else None
 
     def extend_prefix(self, start: int, stop: int) -> None:
         """The cache slots start..stop-1 join the prefix."""
         self.prefix = torch.cat([self.prefix, torch.arange(start, stop)])
 
-    def keep(self, first: Tensor, recent: int) -> None:
-        """Keep the cache slots `first` and the last `recent` cached tokens, drop the rest. The kept tokens stay
-        at their positions (new tokens continue the numbering; `rerotate` makes them contiguous); the prefix
-        follows its kept slots."""
+    def mark_frame(self, start: int, stop: int, features: Tensor) -> None:
+        """The cache slots start..stop-1 hold one frame (its `<image>` slots and the tokens around them), fed as
+        `features` [tokens_per_frame, H]: what redundancy_scored compares frames by."""
+        self.frame_of[start:stop] = self._frames_marked
+        self.frame_features[self._frames_marked] = features
+        self._frames_marked += 1
+
+    def frames(self) -> list[tuple[Tensor, Tensor]]:
+        """The cached frames, oldest first: (their cache slots, the features they were fed)."""
+        marked = self.frame_of[self.frame_of >= 0].unique()  # sorted: in the order they were fed
+        return [((self.frame_of == k).nonzero()[:, 0], self.frame_features[int(k)]) for k in marked]
+
+    def keep(self, slots: Tensor, recent: int) -> None:
+        """Keep the cache `slots` and the last `recent` cached tokens, drop the rest. The kept tokens stay at their
+        positions (new tokens continue the numbering; `rerotate` makes them contiguous); the prefix and the frames
+        follow their kept slots; the observed attention is forgotten."""
         n = self.tokens
-        index = torch.unique(torch.cat([first, torch.arange(max(n - recent, 0), n)]))  # sorted
+        index = torch.unique(torch.cat([slots, torch.arange(max(n - recent, 0), n)]))  # sorted
         if len(index) == n:
             return
         self.prefix = torch.isin(index, self.prefix).nonzero()[:, 0]  # where the kept prefix now sits
         self.store.keep(self.row, index)
         self.positions, self.token_ids = self.positions[index], self.token_ids[index]
+        self.frame_of = self.frame_of[index]
+        kept = set(self.frame_of.tolist())
+        self.frame_features = {k: f for k, f in self.frame_features.items() if k in kept}
+        self.attention = None
 
     def number_from_length(self) -> None:
         """Number new tokens from the cache length, whatever positions the kept keys hold: upstream's numbering

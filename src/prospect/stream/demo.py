@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", help="what the user says at the start (--video)")
     parser.add_argument("--say", nargs=2, action="append", default=[], metavar=("SECONDS", "TEXT"),
                         help="a user turn at a time (--video; repeatable)")
-    parser.add_argument("--setting", default="none", help="none or <strategy>_<1k|2k|4k>, e.g. drop_middle_1k")
+    parser.add_argument("--setting", default="none",
+                        help="none or <strategy>_<budget> (tokens: 512, or 1k = 1024), e.g. drop_middle_1k")
     parser.add_argument("--speaking-threshold", type=float,
                         help="default: the exported model's calibrated one for --setting, else 0.5")
     parser.add_argument("--dst-update-threshold", type=float,

@@ -11,13 +11,20 @@ Ours compress before a frame when it and the turns it may generate (plus what co
 budget, and the cache never passes it. The upstream_* settings reproduce ProAssist's three strategies as its code
 runs them (docs/evaluation.md, "Context strategies: ours and upstream's"), its caps on generated text included.
 
+Two strategies score what to keep instead of following a rule: attention_scored keeps the tokens the last frame
+attended to most (SnapKV / H2O), redundancy_scored drops frames that repeat the frame before them (TimeChat-Online,
+InfiniPot-V).
+
 A strategy acts on a stream's CacheState and the little else a stream offers it (`Compressible`: its prompts,
-frames and a summary); it knows nothing of the generator. Named settings `<strategy>_<budget>` (budget 1k, 2k or
-4k tokens) and `none` are built by `make_strategy`.
+frames and a summary); it knows nothing of the generator. Named settings `<strategy>_<budget>` (budget in tokens,
+`512` or `1k` = 1024) and `none` are built by `make_strategy`; `sweep_settings` names every strategy at every
+budget.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +34,11 @@ from prospect.stream.cache import CacheState
 
 if TYPE_CHECKING:
     from prospect.stream.generator import FrameInput
+
+
+class BudgetError(ValueError):
+    """The budget cannot hold what a strategy keeps and the next frame with its turns (eval.py reports such a
+    setting as not fitting)."""
 
 
 class Compressible(Protocol):
@@ -54,6 +66,7 @@ class Strategy:
     max_summary_tokens: int | None = None  # most tokens a summary may take; None: the generator's
     name = "none"
     position_mode = "keep"
+    observes = False  # whether it reads the attention each frame's tokens pay to the cache (CacheState.attention)
 
     def make_room(self, stream: Compressible, needed: int) -> bool:
         """Before a frame: compress when `due`, then position as `position_mode` says; whether it compressed.
@@ -77,8 +90,8 @@ class Strategy:
 
     def check_fits(self, cache: CacheState, needed: int) -> None:
         if cache.tokens + needed > self.budget:
-            raise ValueError(f"{self.name}: {cache.tokens} tokens after compression plus {needed} for the next "
-                             f"frame and its turns exceed the budget of {self.budget}")
+            raise BudgetError(f"{self.name}: {cache.tokens} tokens after compression plus {needed} for the next "
+                              f"frame and its turns exceed the budget of {self.budget}")
 
     def compress(self, stream: Compressible) -> None:
         raise NotImplementedError
@@ -89,6 +102,16 @@ class Strategy:
 
     def check_room(self, prefix_tokens: int, room: int) -> None:
         """Raise, before streaming, when what this strategy keeps leaves no `room` for a frame and its turns."""
+
+    def _check_prefix_room(self, prefix_tokens: int, room: int, field: str, what: str) -> None:
+        """For the strategies that keep the prefix and `field` more tokens (`what` they are)."""
+        kept = getattr(self, field)
+        if prefix_tokens + kept + room > self.budget:
+            raise BudgetError(
+                f"{self.name} with a budget of {self.budget} tokens: the prefix it keeps (system prompt, task, turns "
+                f"before the first frame, first user turn, knowledge) holds {prefix_tokens} tokens; with {what} "
+                f"({kept}) and room for a frame and its turns ({room}) that is {prefix_tokens + kept + room}: use a "
+                f"larger budget or a smaller {field}")
 
 
 @dataclass
@@ -122,12 +145,7 @@ class DropMiddle(Strategy):
         stream.cache.keep(stream.cache.prefix, self.keep_recent)
 
     def check_room(self, prefix_tokens: int, room: int) -> None:
-        if prefix_tokens + self.keep_recent + room > self.budget:
-            raise ValueError(
-                f"{self.name} with a budget of {self.budget} tokens: the prefix it keeps (system prompt, task, turns "
-                f"before the first frame, first user turn, knowledge) holds {prefix_tokens} tokens; with the recent "
-                f"window ({self.keep_recent}) and room for a frame and its turns ({room}) that is "
-                f"{prefix_tokens + self.keep_recent + room}: use a larger budget or a smaller keep_recent")
+        self._check_prefix_room(prefix_tokens, room, "keep_recent", "the recent window")
 
 
 @dataclass
@@ -141,6 +159,74 @@ class SinkRecent(Strategy):
 
     def compress(self, stream: Compressible) -> None:
         stream.cache.keep(torch.arange(self.sink), self.keep_recent)
+
+
+@dataclass
+class AttentionScored(Strategy):
+    """SnapKV / H2O-style eviction: keep the prefix (as drop_middle), the observation window (the last frame fed
+    and the turns after it; its last `keep` tokens if it is longer) and, up to `keep` tokens beyond the prefix, the
+    earlier tokens that window's frame attended to most. A token's score is the attention the frame's tokens paid
+    to it in the frame's own forward pass, averaged over layers, heads and the frame's tokens (CacheState.attention;
+    one frame's attention, not accumulated over frames: the simplest exact score); ties keep the older token. Before
+    any frame was observed it keeps the most recent tokens, as drop_middle.
+    Position mode `keep`: the kept tokens are scattered over the stream, and re-rotating them to contiguous
+    positions would change the distances between them, which the model never saw; kept where they were, each
+    token after a compression sees what a full forward pass with the dropped tokens masked out would show it."""
+
+    keep: int = 512
+    name = "attention_scored"
+    position_mode = "keep"
+    observes = True
+
+    def compress(self, stream: Compressible) -> None:
+        cache = stream.cache
+        if cache.attention is None:
+            cache.keep(cache.prefix, self.keep)
+            return
+        recent = torch.arange(max(cache.observed_from, cache.tokens - self.keep), cache.tokens)
+        earlier = torch.arange(cache.observed_from)
+        earlier = earlier[~torch.isin(earlier, cache.prefix)]
+        best = torch.sort(cache.attention[earlier], descending=True, stable=True).indices[:self.keep - len(recent)]
+        cache.keep(torch.cat([cache.prefix, earlier[best], recent]), 0)
+
+    def check_room(self, prefix_tokens: int, room: int) -> None:
+        self._check_prefix_room(prefix_tokens, room, "keep", "the tokens it keeps beyond it")
+
+
+@dataclass
+class RedundancyScored(Strategy):
+    """TimeChat-Online / InfiniPot-V-style eviction of repeated frames: walking the cached frames oldest first,
+    drop each frame whose features (those fed in its `<image>` slots, flattened) have a cosine similarity above
+    `threshold` with the last frame kept before it, until the cache holds the prefix and `keep` more tokens at
+    most; if repeats are not enough, then drop the oldest tokens that are not the prefix (as drop_middle). A
+    dropped frame's tokens go (the `<image>` slots and the tokens around them); the turns after it stay.
+    Position mode `keep`, as attention_scored: the kept frames are scattered over the stream, and kept at their
+    positions each token sees what a full forward pass with the dropped tokens masked out would show it."""
+
+    keep: int = 512
+    threshold: float = 0.9
+    name = "redundancy_scored"
+    position_mode = "keep"
+
+    def compress(self, stream: Compressible) -> None:
+        cache = stream.cache
+        excess = cache.tokens - len(cache.prefix) - self.keep
+        dropped, last = [], None
+        for slots, features in cache.frames():
+            if excess <= 0:
+                break
+            vector = features.flatten().float()
+            if last is not None and float(torch.nn.functional.cosine_similarity(vector, last, dim=0)) > self.threshold:
+                dropped.append(slots)
+                excess -= len(slots)
+            else:
+                last = vector
+        rest = torch.arange(cache.tokens)
+        rest = rest[~torch.isin(rest, torch.cat([cache.prefix, *dropped]))]
+        cache.keep(torch.cat([cache.prefix, rest[max(excess, 0):]]), 0)
+
+    def check_room(self, prefix_tokens: int, room: int) -> None:
+        self._check_prefix_room(prefix_tokens, room, "keep", "the tokens it keeps beyond it")
 
 
 @dataclass
@@ -233,20 +319,41 @@ class UpstreamSummarize(UpstreamStrategy):
         stream.cache.restart(stream.prompt())
 
 
-STRATEGIES = {cls.name: cls for cls in (NoCompression, DropAll, DropMiddle, SinkRecent, SummarizeAndDrop,
-                                        DstStateRefresh, UpstreamDropAll, UpstreamDropMiddle, UpstreamSummarize)}
-BUDGETS = {"1k": 1024, "2k": 2048, "4k": 4096}
+STRATEGIES = {cls.name: cls for cls in (NoCompression, DropAll, DropMiddle, SinkRecent, AttentionScored,
+                                        RedundancyScored, SummarizeAndDrop, DstStateRefresh, UpstreamDropAll,
+                                        UpstreamDropMiddle, UpstreamSummarize)}
+HALF_BUDGET = {"drop_middle": "keep_recent", "sink_recent": "keep_recent", "attention_scored": "keep",
+               "redundancy_scored": "keep"}  # the window that defaults to half the budget
+BUDGET = re.compile(r"([1-9][0-9]*)(k?)")  # a budget as settings write it: 512 tokens, or 1k = 1024
+
+
+def budget_tokens(budget: str | int) -> int:
+    """A budget as settings write it, `512` or `1k` (1024 tokens), in tokens."""
+    found = BUDGET.fullmatch(str(budget))
+    if found is None:
+        raise ValueError(f"a budget is a positive number of tokens, e.g. 512 or 1k (1024), not {budget!r}")
+    return int(found[1]) * (1024 if found[2] else 1)
 
 
 def make_strategy(setting: str, **overrides) -> Strategy:
-    """`none`, or `<strategy>_<budget>` such as `drop_middle_2k`, `summarize_4k`, `upstream_drop_middle_4k`.
-    Windows of drop_middle / sink_recent default to half the budget; upstream_drop_middle keeps upstream's 512."""
+    """`none`, or `<strategy>_<budget>` such as `drop_middle_2k`, `attention_scored_512`, `upstream_drop_middle_4k`
+    (budget_tokens). The windows of drop_middle / sink_recent and what the scored strategies keep beyond the prefix
+    default to half the budget; upstream_drop_middle keeps upstream's 512."""
     if setting == "none":
         return NoCompression(**overrides)
     name, _, budget = setting.rpartition("_")
-    if name not in STRATEGIES or budget not in BUDGETS:
-        raise ValueError(f"unknown streaming setting {setting!r}: use none or <strategy>_<1k|2k|4k> with strategy "
-                         f"one of {', '.join(n for n in STRATEGIES if n != 'none')}")
-    tokens = BUDGETS[budget]
-    defaults = {"keep_recent": tokens // 2} if name in ("drop_middle", "sink_recent") else {}
+    if name not in STRATEGIES or name == "none" or BUDGET.fullmatch(budget) is None:
+        raise ValueError(f"unknown streaming setting {setting!r}: use none or <strategy>_<budget> (tokens, e.g. 512 "
+                         f"or 1k) with strategy one of {', '.join(n for n in STRATEGIES if n != 'none')}")
+    tokens = budget_tokens(budget)
+    defaults = {HALF_BUDGET[name]: tokens // 2} if name in HALF_BUDGET else {}
     return STRATEGIES[name](budget=tokens, **{**defaults, **overrides})
+
+
+def sweep_settings(strategies: Iterable[str], budgets: Iterable[str | int]) -> list[str]:
+    """`none` and every strategy at every budget (`512`, `1k` ...), strategy by strategy: the settings of a
+    quality-against-budget sweep; an unknown strategy or budget is an error."""
+    settings = ["none"] + [f"{name}_{budget}" for name in strategies for budget in budgets]
+    for setting in settings:
+        make_strategy(setting)
+    return settings
