@@ -2,6 +2,8 @@
 attention mask hiding dropped tokens, and the keep / rerotate equivalence. Tiny model, fp32, fresh random
 inputs each run."""
 
+import time
+
 import pytest
 import torch
 from counts import compressions_due, restarts
@@ -310,3 +312,13 @@ def test_drop_middle_keeps_the_prompt_and_the_first_user_turn(gen, clip):
     assert ids[:len(prompt) + len(user)] == prompt + user
     first_user_position = len(prompt) + 2 * len(gen.builder.frame_ids())  # frames 0 and 1 precede it
     assert stream.cache.positions[len(prompt)] == first_user_position, "keep: kept tokens stay at their positions"
+
+
+def test_a_records_ms_is_the_wall_time_of_its_frame(gen, clip):
+    """`ms` times the frame it records (its compression, forward pass and turns), within the time around it."""
+    gen.strategy = DropMiddle(budget=360, keep_recent=80)
+    stream = gen.stream(clip)
+    for _ in range(len(clip.frame_indices)):
+        start = time.perf_counter()
+        record = next(stream)
+        assert 0 < record.ms <= (time.perf_counter() - start) * 1e3

@@ -130,6 +130,36 @@ def test_changes_appear_exactly_at_event_frames(dataset):
     assert checked["dst"] >= 40 and checked["correction"] >= 3, checked
 
 
+def orange_pixels(frame: np.ndarray, slot: int) -> int:
+    """Pixels of the slot in the mistake cue's orange (255, 140, 0), after noise, jitter and JPEG."""
+    x0, y0, x1, y1 = slot_box(slot, SIZE)
+    r, g, b = (frame[y0:y1, x0:x1].astype(np.int16)[..., c] for c in range(3))
+    return int(((r > 215) & (abs(g - 140) < 40) & (b < 70)).sum())
+
+
+def test_cue_mark_ring_is_larger_than_the_triangle_and_only_on_the_cue_frame(tmp_path):
+    """The two cue marks draw the same videos but for the mark (its drawing draws nothing random); the ring
+    lights up several times the triangle's pixels, on the cue's first frame only."""
+    counts = {}
+    for mark in ("triangle", "ring"):
+        clips = synthesize(tmp_path / mark, 2, seed=3, val_videos=0, test_videos=0, mistake_prob=1.0, cue_mark=mark)
+        counts[mark] = []
+        for clip in clips["train"]:
+            frames = [np.asarray(clip.frame(i)) for i in clip.frame_indices]
+            slots = {e.frame: int(u.id[1:]) - 1 for e in clip.events if e.role == "dst" for u in e.updates
+                     if u.transition == "start"}
+            for e in clip.events:
+                if e.labels == "initiative|correction":
+                    slot = slots[max(f for f in slots if f < e.frame)]
+                    assert orange_pixels(frames[e.frame - 1], slot) == 0, (clip.id, e.frame)
+                    assert orange_pixels(frames[e.frame + 1], slot) == 0, (clip.id, e.frame)
+                    counts[mark].append(orange_pixels(frames[e.frame], slot))
+    assert len(counts["ring"]) >= 6
+    assert all(t > 0 and r > 2 * t for t, r in zip(counts["triangle"], counts["ring"], strict=True)), counts
+    with pytest.raises(ValueError, match="cue_mark"):
+        synthesize(tmp_path / "bad", 1, 0, cue_mark="star")
+
+
 def test_only_the_tasks_slots_are_outlined(dataset):
     """How many steps a task has is visible: its slots have an outline, the others are bare board."""
     _, clips = dataset

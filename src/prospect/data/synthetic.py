@@ -52,6 +52,8 @@ _SUPERSAMPLE = 4
 _HAND_JITTER = 0.012  # largest hand offset per axis, as a fraction of the image size (0.8 px at 64 px)
 _CUE_MARGIN = 3  # frames kept between a mistake cue and either end of its step (clear of the one-frame rings)
 _CUE_FRAMES = (2, 4)
+CUE_MARKS = ("triangle", "ring")  # a mistake cue's first frame: a small orange triangle, or an orange ring as
+                                  # large as a step's white one (docs/synthetic-tasks.md)
 
 _LABEL_INSTRUCTION = "initiative|instruction"
 _LABEL_CORRECTION = "initiative|correction"
@@ -154,13 +156,15 @@ def _generation_settings(image_size: int = 64, fps: float = 2.0, num_steps: tupl
                          step_seconds: tuple[float, float] = (4.0, 12.0),
                          lead_seconds: tuple[float, float] = (2.0, 4.0),
                          tail_seconds: tuple[float, float] = (2.0, 4.0), mistake_prob: float = 0.3,
-                         noise_std: float = 6.0, eval_num_steps: tuple[int, int] | None = None,
+                         noise_std: float = 6.0, cue_mark: str = "triangle",
+                         eval_num_steps: tuple[int, int] | None = None,
                          eval_step_seconds: tuple[float, float] | None = None) -> dict:
-    """The generation settings and their defaults, in one place. `eval_num_steps` / `eval_step_seconds`
-    replace num_steps / step_seconds in the val and test splits (long held-out streams); None: the same."""
+    """The generation settings and their defaults, in one place. `cue_mark` is what marks a mistake cue's
+    first frame (CUE_MARKS). `eval_num_steps` / `eval_step_seconds` replace num_steps / step_seconds in the
+    val and test splits (long held-out streams); None: the same."""
     return dict(image_size=image_size, fps=fps, num_steps=tuple(num_steps), step_seconds=tuple(step_seconds),
                 lead_seconds=tuple(lead_seconds), tail_seconds=tuple(tail_seconds), mistake_prob=mistake_prob,
-                noise_std=noise_std, eval_num_steps=tuple(eval_num_steps or num_steps),
+                noise_std=noise_std, cue_mark=cue_mark, eval_num_steps=tuple(eval_num_steps or num_steps),
                 eval_step_seconds=tuple(eval_step_seconds or step_seconds))
 
 
@@ -174,7 +178,7 @@ def _split_settings(split: str, eval_num_steps: tuple[int, int], eval_step_secon
 
 def _check_settings(counts: dict[str, int], image_size: int, fps: float, num_steps: tuple[int, int],
                     step_seconds: tuple[float, float], lead_seconds: tuple[float, float],
-                    tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float,
+                    tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float, cue_mark: str,
                     eval_num_steps: tuple[int, int], eval_step_seconds: tuple[float, float]) -> None:
     if min(counts.values()) < 0:
         raise ValueError(f"video counts must be >= 0, got {counts}")
@@ -184,6 +188,8 @@ def _check_settings(counts: dict[str, int], image_size: int, fps: float, num_ste
         raise ValueError(f"fps must be > 0, got {fps}")
     if not 0 <= mistake_prob <= 1:
         raise ValueError(f"mistake_prob must be in [0, 1], got {mistake_prob}")
+    if cue_mark not in CUE_MARKS:
+        raise ValueError(f"cue_mark must be one of {CUE_MARKS}, got {cue_mark!r}")
     for name, (lo, hi) in (("num_steps", num_steps), ("eval_num_steps", eval_num_steps)):
         if not 1 <= lo <= hi <= MAX_STEPS:
             raise ValueError(f"{name} {(lo, hi)} must satisfy 1 <= low <= high <= {MAX_STEPS}")
@@ -302,7 +308,7 @@ def _transition(rng: np.random.Generator, steps: list[_StepPlan], state: dict[st
 
 def _make_video(out_dir: Path, split: str, index: int, seed: int, *, image_size: int, fps: float,
                 num_steps: tuple[int, int], step_seconds: tuple[float, float], lead_seconds: tuple[float, float],
-                tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float) -> Clip:
+                tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float, cue_mark: str) -> Clip:
     rng = np.random.default_rng([seed, SPLITS[split], index])
     video_id = f"syn{seed}-{split}-{index:04d}"
     lead = _frames(rng, lead_seconds, fps)
@@ -314,7 +320,7 @@ def _make_video(out_dir: Path, split: str, index: int, seed: int, *, image_size:
     events = _events(rng, steps, goal, word, user_frame, fps)
 
     source = f"frames/{video_id}.arrow"
-    write_arrow_frames(out_dir / source, _render_video(rng, steps, num_frames, image_size, noise_std))
+    write_arrow_frames(out_dir / source, _render_video(rng, steps, num_frames, image_size, noise_std, cue_mark))
     times = {(u.id, u.transition): e.time for e in events if e.role == "dst" for u in e.updates}
     ids = [f"S{k + 1}" for k in range(len(steps))]
     task = Task(goal=goal,
@@ -327,7 +333,7 @@ def _make_video(out_dir: Path, split: str, index: int, seed: int, *, image_size:
 
 
 def _render_video(rng: np.random.Generator, steps: list[_StepPlan], num_frames: int, size: int,
-                  noise_std: float) -> Iterator[Image.Image]:
+                  noise_std: float, cue_mark: str) -> Iterator[Image.Image]:
     """Frames in order; all randomness comes from `rng`, so the video is a function of its seed.
 
     Drawn at _SUPERSAMPLE x the output size and box-filtered down: edges are antialiased, so sub-pixel motion
@@ -353,7 +359,7 @@ def _render_video(rng: np.random.Generator, steps: list[_StepPlan], num_frames: 
         for slot, step in enumerate(steps):
             if frame >= step.start:
                 hand = rng.uniform(-_HAND_JITTER, _HAND_JITTER, 2) * canvas if frame < step.end else None
-                _draw_step(draw, slot, step, frame, canvas, hand)
+                _draw_step(draw, slot, step, frame, canvas, hand, cue_mark)
         image = image.resize((size, size), Image.Resampling.BOX)
         pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.96, 1.04)
         pixels += rng.normal(0.0, noise_std, pixels.shape)
@@ -361,14 +367,14 @@ def _render_video(rng: np.random.Generator, steps: list[_StepPlan], num_frames: 
 
 
 def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int, canvas: int,
-               hand: np.ndarray | None) -> None:
+               hand: np.ndarray | None, cue_mark: str) -> None:
     """Filled object once completed; otherwise outline, hand (offset by `hand`) and any mistake cue."""
     x0, y0, x1, y1 = slot_box(slot, canvas)
     w, h = x1 - x0, y1 - y0
     cx, cy, r = x0 + w / 2, y0 + 0.38 * h, 0.42 * w
+    ring = [cx - 1.18 * r, cy - 1.18 * r, cx + 1.18 * r, cy + 1.18 * r]
     if frame in (step.start, step.end):  # the moment of the action: a white ring for exactly one frame
-        ring = 1.18 * r
-        draw.ellipse([cx - ring, cy - ring, cx + ring, cy + ring], outline=_FLASH, width=round(0.03 * canvas))
+        draw.ellipse(ring, outline=_FLASH, width=round(0.03 * canvas))
     if hand is None:
         _draw_shape(draw, step.shape, cx, cy, r, COLOURS[step.colour], filled=True)
         return
@@ -377,7 +383,9 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
     _draw_shape(draw, step.shape, cx, cy, r, colour, filled=False, width=round(0.035 * canvas))
     hx, hy, hr = cx + hand[0], y0 + 0.78 * h + hand[1], 0.24 * w
     draw.ellipse([hx - hr, hy - 0.7 * hr, hx + hr, hy + 0.7 * hr], fill=_HAND)
-    if cue and frame == step.cue[0]:  # orange warning triangle at the cue's onset, in the lower-left corner
+    if cue and frame == step.cue[0] and cue_mark == "ring":  # the moment the mistake shows: an orange ring
+        draw.ellipse(ring, outline=_WARNING, width=round(0.03 * canvas))
+    if cue and frame == step.cue[0] and cue_mark == "triangle":  # an orange triangle in the lower-left corner
         left, base = x0 + 0.03 * w, y0 + 0.95 * h
         draw.polygon([(left, base), (left + 0.16 * w, base - 0.34 * w), (left + 0.32 * w, base)], fill=_WARNING)
 

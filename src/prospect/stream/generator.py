@@ -217,10 +217,10 @@ class StreamingGenerator:
         chunk = self.builder.frame_ids() + [t for ids in turns for t in ids]
         if stream.strategy.make_room(stream, len(chunk) + 2 * stream.turn_reserve):  # a DST update and a reply at most
             stream.compressions += 1
-        start, features = cache.tokens, item.features()
+        first, features = cache.tokens, item.features()
         hidden = cache.append(chunk, features, observe=stream.strategy.observes)  # [H]
-        slot = start + len(self.builder.frame_ids())
-        cache.mark_frame(start, slot, features[0])
+        slot = first + len(self.builder.frame_ids())
+        cache.mark_frame(first, slot, features[0])
         stream.last = item
         for e, ids in zip(item.events, turns, strict=True):
             if e.kind == "knowledge" or e.role == "user" and not stream.first_user_seen:
