@@ -63,6 +63,7 @@ def test_perframe_tiny_is_what_perframe_was():
     assert (now.pop("task_name"), before.pop("task_name")) == ("perframe_tiny", "perframe")
     assert now["data"].pop("restarts") == ["summarize", "dst_state"]
     assert now["data"]["synthetic"].pop("num_steps") == [3, 5] and now["stream"].pop("dtype") == "float32"
+    assert now["data"]["synthetic"].pop("cue_mark") == "triangle"  # the generator's (the data config draws a ring)
     assert now["data"]["root"] == f"{REPO}/data/synthetic_tiny"
     now["data"]["root"] = f"{REPO}/data/synthetic"
     # the paths group: files under the project root, absolute
@@ -120,7 +121,7 @@ def test_the_default_run_is_the_pretrained_model():
     assert (cfg["trainer"]["max_epochs"], cfg["trainer"]["precision"]) == (1, "bf16-mixed")
     assert cfg["loss"]["balance"] == "plain"  # every frame weighs the same (docs/design.md, Losses)
     d = cfg["data"]
-    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (120, 640, 0.5)
+    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (60, 640, 0.5)
     assert resolved([], "eval")["model"] == resolved(["model=smolvlm_256m_local"])["model"]
 
 
@@ -149,7 +150,7 @@ def test_every_model_and_data_choice_composes(experiment):
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name
             assert d["_target_"] == "prospect.data.datamodule.ProspectDataModule" and d["seed"] == cfg["seed"], name
             if data == "synthetic":
-                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 120, name
+                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 60, name
                 assert d["synthetic"]["val_videos"] == 5 and d["restart_share"] == 0.5, name
             else:  # clip files: nothing of the synthetic generator
                 assert d["root"] == "/clips" and "synthetic" not in d and "num_videos" not in d, name

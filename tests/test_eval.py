@@ -392,7 +392,9 @@ def test_eval_sweep_on_a_checkpoint(trained, tmp_path):
     assert list(calibration) == settings and "does_not_fit" in calibration["drop_middle_64"]
     report = run_eval(shared)
     calibration = json.loads((tmp_path / "b" / "calibration.json").read_text())["settings"]
-    assert list(calibration) == ["none"] and list(report) == ["none", "attention_scored_1k"]
+    assert list(calibration) == list(report) == ["none", "attention_scored_1k"]  # an export keeps each setting's
+    assert calibration["attention_scored_1k"] == {"thresholds": calibration["none"]["thresholds"],
+                                                  "calibrated_on": "none"}
     for m in report.values():
         assert (m["speaking_threshold"], m["dst_update_threshold"]) == tuple(calibration["none"]["thresholds"])
         assert m["thresholds_from"] == "calibrated on val (none's)"

@@ -55,7 +55,10 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         calibrated = ["none"] if cal.from_none else settings
         calibration = calibrate(generator, val, calibrated, encoder, list(cal.speaking), list(cal.dst_update),
                                 thresholds, window, store, cfg.stream.batch_size)
-        thresholds = {s: calibration["none" if cal.from_none else s]["thresholds"] for s in settings}
+        if cal.from_none:  # every setting gets none's thresholds, in calibration.json too (an export keeps them)
+            calibration = {s: calibration["none"] if s == "none" else
+                           {"thresholds": calibration["none"]["thresholds"], "calibrated_on": "none"} for s in settings}
+        thresholds = {s: calibration[s]["thresholds"] for s in settings}
         (out_dir / "calibration.json").write_text(json.dumps(
             {"split": cal.split, "clips": len(val), "encoder": encoder.name, "settings": calibration}, indent=2) + "\n")
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
