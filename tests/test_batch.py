@@ -19,6 +19,7 @@ from prospect.eval.streaming import score, stream_runs
 from prospect.model.backbone import load_backbone
 from prospect.stream import StreamingGenerator
 from prospect.stream.batch import stream_batched
+from prospect.stream.cache import AttentionError
 from prospect.stream.generator import StreamOptions
 from prospect.stream.strategies import (
     AttentionScored,
@@ -136,22 +137,17 @@ def test_an_error_in_one_stream_stops_the_batch(gen, clips):
     assert torch.is_grad_enabled()
 
 
-def test_any_attention_implementation_streams_as_sdpa(gen, clips, tiny_dir):
-    """The store runs its own attention (sdpa under its mask), whatever the model was loaded with."""
-    vlm, tok = load_backbone(str(tiny_dir), attn_implementation="eager")
-    eager = StreamingGenerator(vlm, tok, TPF, gen.speaking_head, gen.dst_head, max_new_tokens=6)
-    feats = features(gen)
-    options = StreamOptions(DropMiddle(budget=360, keep_recent=80), 0.0, 2.0)
-    ref = list(gen.stream(clips[1], feats, options))
-    starts = [lambda cache: eager.stream(clips[1], feats, dataclasses.replace(options, cache=cache))] * 2
-    ours = sorted(((i, r) for i, _, r in stream_batched(eager, starts, batch_size=2) if r is not None),
-                  key=lambda item: item[0])  # stable: each stream's records in order
-    assert [(r.frame, r.text, r.cache_tokens) for _, r in ours] == [(r.frame, r.text, r.cache_tokens) for r in ref] * 2
-    assert [r.speaking_prob for _, r in ours] == pytest.approx([r.speaking_prob for r in ref] * 2, abs=1e-4)
-    vlm.config.text_config._attn_implementation = "flash_attention_2"  # not even installed here
-    alone = list(eager.stream(clips[1], feats, options))
-    assert [(r.frame, r.text, r.cache_tokens) for r in alone] == [(r.frame, r.text, r.cache_tokens) for r in ref]
-    assert vlm.config.text_config._attn_implementation == "flash_attention_2"
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_model_loaded_with_another_attention_is_refused(gen, clips, tiny_dir, attention):
+    """The attention is chosen once, when the model is loaded: the store's first pass on a model loaded with one of
+    transformers' own raises, naming the one to load, alone and batched; nothing switches it."""
+    vlm, tok = load_backbone(str(tiny_dir), attn_implementation=attention)
+    other = StreamingGenerator(vlm, tok, TPF, gen.speaking_head, gen.dst_head, max_new_tokens=6)
+    with pytest.raises(AttentionError, match="attn_implementation='prospect_sdpa'"):
+        next(other.stream(clips[1], features(other)))
+    with pytest.raises(AttentionError, match="attn_implementation='prospect_sdpa'"):
+        list(stream_batched(other, [lambda cache: other.stream(clips[1], features(other),
+                                                               StreamOptions(cache=cache))] * 2, batch_size=2))
 
 
 def test_a_budget_too_small_ends_only_its_streams_in_an_evaluation(gen, clips):

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.tiny import build_tiny
 
 
@@ -36,12 +37,13 @@ def architecture_config(name: str) -> SmolVLMConfig:
 
 def load_backbone(
     source: str, *, tiny_dir: str | Path = "models/tiny", tiny_corpus: Iterable[str] | None = None,
-    architecture: str | None = None, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+    architecture: str | None = None, dtype: torch.dtype = torch.float32, attn_implementation: str = STREAM_ATTENTION,
 ) -> tuple[SmolVLMForConditionalGeneration, PreTrainedTokenizerBase]:
     """Model and tokenizer from `source`: "tiny" (built into `tiny_dir` from `tiny_corpus` on first use),
     a local directory, or a hub id. With `architecture`, the weights are random-initialised in that real
     architecture's shapes and the tokenizer comes from `source` (ids must fit the architecture's vocabulary).
-    `attn_implementation`: sdpa (PyTorch's fused attention), eager, or flash_attention_2 where installed."""
+    `attn_implementation`: prospect's (STREAM_ATTENTION: sdpa, and what the streams' KV store needs), or any of
+    transformers' (sdpa, eager, flash_attention_2 where installed) for a model that is not streamed."""
     if source == "tiny":
         if not (Path(tiny_dir) / "config.json").exists():
             if tiny_corpus is None:

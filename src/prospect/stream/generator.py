@@ -26,6 +26,7 @@ from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.sequence import INPUT_ROLES, SUMMARIZE_REQUEST, PromptContext, SequenceBuilder
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.factory import build_model
 from prospect.model.heads import BinaryHead
 from prospect.model.pretrained import load_trained
@@ -122,10 +123,11 @@ class StreamingGenerator:
     def from_pretrained(cls, path: str | Path, setting: str = "none", *, device: str | torch.device = "cpu",
              base: str | None = None, **kwargs) -> StreamingGenerator:
         """A trained model, from a training checkpoint (a file) or an exported directory
-        (prospect.model.pretrained.load_trained: checked against its base model), the adapter folded in
-        (fold_adapter). The thresholds an exported directory holds for `setting` apply unless `kwargs` give them;
-        `base` replaces an exported adapter's base model with a copy of it elsewhere."""
-        trained = load_trained(path, device, base)
+        (prospect.model.pretrained.load_trained: checked against its base model) with the attention streaming
+        needs (STREAM_ATTENTION, whatever it was trained with), the adapter folded in (fold_adapter). The
+        thresholds an exported directory holds for `setting` apply unless `kwargs` give them; `base` replaces an
+        exported adapter's base model with a copy of it elsewhere."""
+        trained = load_trained(path, device, base, STREAM_ATTENTION)
         net = trained.model
         calibrated = trained.thresholds.get(setting, {})
         kwargs = {**{f"{k}_threshold": v for k, v in calibrated.items()}, **kwargs}
