@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prospect.model.backbone import load_backbone
-from prospect.stream.batch import _passes
+from prospect.stream.batch import TorchMode, _passes
 from prospect.stream.cache import CACHE_ARG, CacheState, KVStore
 
 
@@ -88,14 +88,20 @@ def test_rows_appended_in_one_pass_hold_what_each_holds_alone(vlm):
 
 
 class Recorder:
-    """A store that records which rows each forward pass takes and answers each row with its own chunk."""
+    """A store that records which rows each forward pass takes, and whether under autocast, and answers each row
+    with its own chunk."""
 
     def __init__(self):
         self.passes: list[list[int]] = []
+        self.autocast: list[bool] = []
 
     def forward(self, chunks):
         self.passes.append(list(chunks))
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
         return {row: embeds for row, (embeds, _) in chunks.items()}
+
+
+FLOAT32, BF16 = TorchMode(False, False, torch.bfloat16), TorchMode(False, True, torch.bfloat16)
 
 
 @pytest.mark.parametrize("sizes, passes", [
@@ -112,9 +118,19 @@ def test_pass_packing(sizes, passes):
     real tokens."""
     asked = {row: (torch.full((n, 1), float(row)), torch.arange(n)) for row, n in sizes.items()}
     store = Recorder()
-    hidden = _passes(store, asked)
-    assert store.passes == passes
+    hidden = _passes(store, asked, dict.fromkeys(sizes, FLOAT32), "cpu")
+    assert store.passes == passes and not any(store.autocast)
     assert sorted(hidden) == sorted(sizes) and all(torch.equal(hidden[r], asked[r][0]) for r in sizes)
+
+
+def test_a_pass_takes_the_chunks_of_one_autocast():
+    """Frames of 30, 28 and 29 tokens and a generated token, the 28 and the token asked under bf16 autocast: a pass
+    is one precision, so they run in a pass of their own, under autocast, and the float32 ones in another."""
+    sizes = {0: 30, 1: 28, 2: 1, 3: 29}
+    asked = {row: (torch.full((n, 1), float(row)), torch.arange(n)) for row, n in sizes.items()}
+    store = Recorder()
+    _passes(store, asked, {0: FLOAT32, 1: BF16, 2: BF16, 3: FLOAT32}, "cpu")
+    assert (store.passes, store.autocast) == ([[0, 3], [1, 2]], [False, True])
 
 
 def test_full_forwards_run_transformers_sdpa(vlm, tiny_dir):
