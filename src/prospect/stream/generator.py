@@ -1,12 +1,13 @@
 """StreamingGenerator: a video goes through the model frame by frame, one forward pass per frame on a KV
 cache, with the prompts of training (the same SequenceBuilder pieces).
 
-The generator composes the pieces; per frame: the strategy makes room for the frame and its possible turns
-(strategies.py), the frame's tokens and any user / system text decided after it are appended to the cache
-(cache.py), both heads are read at the last token; if the DST head fires the DST update is decoded (decoder.py)
-and tracked (tracker.py: malformed text is counted and ignored), if the speaking head fires the reply is decoded.
-Turns decided before the first frame (the reference's too) are context: fed, and their DST updates applied.
-One video's state is a `Stream`, made by `stream()` / `stream_frames()` and iterated for its FrameRecords.
+The generator holds the pieces (model, heads, builder, decoder, defaults); one video is a `Stream`, made by
+`stream()` / `stream_frames()`, whose own frame loop runs per frame: the strategy makes room for the frame and its
+possible turns (strategies.py), the frame's tokens and any user / system text decided after it are appended to
+the cache (cache.py), both heads are read at the last token; if the DST head fires the DST update is decoded
+(decoder.py) and tracked (tracker.py: malformed text is counted and ignored), if the speaking head fires the reply
+is decoded. Turns decided before the first frame (the reference's too) are context: fed, and their DST updates
+applied. Iterating a Stream gives its FrameRecords.
 """
 
 from __future__ import annotations
