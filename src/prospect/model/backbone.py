@@ -25,14 +25,15 @@ from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.tiny import build_tiny
 
 
-def architecture_config(name: str) -> SmolVLMConfig:
-    """Config of a real SmolVLM architecture shipped with prospect (`smolvlm2-256m`, `smolvlm2-500m`)."""
+def architecture_config(name: str, **overrides) -> SmolVLMConfig:
+    """Config of a real SmolVLM architecture shipped with prospect (`smolvlm2-256m`, `smolvlm2-500m`), with
+    `overrides` of its fields (e.g. attn_implementation)."""
     path = resources.files("prospect.model").joinpath("architectures", f"{name}.json")
     if not path.is_file():
         raise ValueError(f"unknown architecture {name!r}: expected smolvlm2-256m or smolvlm2-500m")
     data = json.loads(path.read_text())
     data.pop("_comment", None)
-    return SmolVLMConfig(**data)
+    return SmolVLMConfig(**data | overrides)
 
 
 def load_backbone(
@@ -52,9 +53,9 @@ def load_backbone(
         source = str(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if architecture is not None:
-        config = architecture_config(architecture)
-        config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)  # the ids come from `source`'s tokenizer
-        config._attn_implementation = attn_implementation
+        # the ids come from `source`'s tokenizer
+        config = architecture_config(architecture, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                                     attn_implementation=attn_implementation)
         model = SmolVLMForConditionalGeneration(config).to(dtype)
     else:
         model = SmolVLMForConditionalGeneration.from_pretrained(source, dtype=dtype,
