@@ -142,14 +142,12 @@ def throughput(model_name: str, videos: int, batch_sizes: list[int], tiny_dir: P
     encode = frame_features(model_name, gen, clips[0])
     with torch.no_grad():
         memo = {(c.id, f): encode(c, f) for c in clips for f in c.frame_indices}
-    jobs = [(c, s) for c in clips for s in EVAL_STREAM.settings]
+    jobs = [(c, StreamOptions(make_strategy(s))) for c in clips for s in EVAL_STREAM.settings]
     rows, reference = [], None
     for batch_size in batch_sizes:
-        starts = [lambda cache, c=c, s=s: gen.stream(c, lambda clip, f: memo[clip.id, f],
-                                                      StreamOptions(make_strategy(s), cache=cache)) for c, s in jobs]
         records = [[] for _ in jobs]
         start = time.perf_counter()
-        for i, _, record in stream_batched(gen, starts, batch_size):
+        for i, _, record in stream_batched(gen, jobs, batch_size, lambda clip, f: memo[clip.id, f]):
             if record is not None:
                 records[i].append(record)
         seconds = time.perf_counter() - start

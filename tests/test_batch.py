@@ -5,7 +5,6 @@ and head probabilities within 1e-4, for every strategy. Tiny model, fp32, random
 import dataclasses
 import inspect
 import re
-from functools import partial
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from prospect.eval.streaming import score, stream_runs
 from prospect.model.backbone import load_backbone
 from prospect.stream import StreamingGenerator
 from prospect.stream.batch import stream_batched
+from prospect.stream.cache import AttentionError
 from prospect.stream.generator import StreamOptions
 from prospect.stream.strategies import (
     AttentionScored,
@@ -96,10 +96,8 @@ def test_batched_equals_alone(gen, clips, strategy):
     streams = [gen.stream(clip, feats, options) for clip, options in jobs]
     alone = [list(stream) for stream in streams]
     batched: list[list] = [[] for _ in jobs]
-    starts = [partial(lambda clip, options, cache: gen.stream(clip, feats, dataclasses.replace(options, cache=cache)),
-                      clip, options) for clip, options in jobs]
     grad_mode = []  # as the caller sees it between records: the streams' no_grad stays inside the batch
-    for i, _, record in stream_batched(gen, starts, batch_size=4):
+    for i, _, record in stream_batched(gen, jobs, batch_size=4, features=feats):
         grad_mode.append(torch.is_grad_enabled())
         if record is not None:
             batched[i].append(record)
@@ -118,40 +116,30 @@ def test_batched_equals_alone(gen, clips, strategy):
             assert [getattr(a, k) for k in exact] == [getattr(b, k) for k in exact], (i, a.frame)
 
 
-def test_an_error_in_one_stream_stops_the_batch(gen, clips):
+def test_an_error_in_one_stream_stops_the_batch(gen, clips, monkeypatch):
     """A budget too small for one stream's prefix: raised to the caller; the other streams, suspended mid-frame,
     are unwound."""
-    feats = features(gen)
     too_small = DropMiddle(budget=150, keep_recent=80)
-    streams = []
-
-    def start(clip, strategy, cache):
-        streams.append(gen.stream(clip, feats, StreamOptions(strategy=strategy, cache=cache)))
-        return streams[-1]
-    starts = [partial(start, c, s) for c, s in [(clips[0], NoCompression()), (clips[1], too_small),
-                                                 (clips[2], NoCompression())]]
+    jobs = [(clips[0], StreamOptions(NoCompression())), (clips[1], StreamOptions(too_small)),
+            (clips[2], StreamOptions(NoCompression()))]
+    streams, stream = [], gen.stream  # the streams stream_batched makes
+    monkeypatch.setattr(gen, "stream", lambda *args: streams.append(stream(*args)) or streams[-1])
     with pytest.raises(ValueError, match="budget of 150 tokens"):
-        list(stream_batched(gen, starts, batch_size=3))
+        list(stream_batched(gen, jobs, batch_size=3, features=features(gen)))
     assert [inspect.getgeneratorstate(s._records) for s in streams] == ["GEN_CLOSED"] * 3
     assert torch.is_grad_enabled()
 
 
-def test_any_attention_implementation_streams_as_sdpa(gen, clips, tiny_dir):
-    """The store runs its own attention (sdpa under its mask), whatever the model was loaded with."""
-    vlm, tok = load_backbone(str(tiny_dir), attn_implementation="eager")
-    eager = StreamingGenerator(vlm, tok, TPF, gen.speaking_head, gen.dst_head, max_new_tokens=6)
-    feats = features(gen)
-    options = StreamOptions(DropMiddle(budget=360, keep_recent=80), 0.0, 2.0)
-    ref = list(gen.stream(clips[1], feats, options))
-    starts = [lambda cache: eager.stream(clips[1], feats, dataclasses.replace(options, cache=cache))] * 2
-    ours = sorted(((i, r) for i, _, r in stream_batched(eager, starts, batch_size=2) if r is not None),
-                  key=lambda item: item[0])  # stable: each stream's records in order
-    assert [(r.frame, r.text, r.cache_tokens) for _, r in ours] == [(r.frame, r.text, r.cache_tokens) for r in ref] * 2
-    assert [r.speaking_prob for _, r in ours] == pytest.approx([r.speaking_prob for r in ref] * 2, abs=1e-4)
-    vlm.config.text_config._attn_implementation = "flash_attention_2"  # not even installed here
-    alone = list(eager.stream(clips[1], feats, options))
-    assert [(r.frame, r.text, r.cache_tokens) for r in alone] == [(r.frame, r.text, r.cache_tokens) for r in ref]
-    assert vlm.config.text_config._attn_implementation == "flash_attention_2"
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_model_loaded_with_another_attention_is_refused(gen, clips, tiny_dir, attention):
+    """The attention is chosen once, when the model is loaded: the store's first pass on a model loaded with one of
+    transformers' own raises, naming the one to load, alone and batched; nothing switches it."""
+    vlm, tok = load_backbone(str(tiny_dir), attn_implementation=attention)
+    other = StreamingGenerator(vlm, tok, TPF, gen.speaking_head, gen.dst_head, max_new_tokens=6)
+    with pytest.raises(AttentionError, match="attn_implementation='prospect_sdpa'"):
+        next(other.stream(clips[1], features(other)))
+    with pytest.raises(AttentionError, match="attn_implementation='prospect_sdpa'"):
+        list(stream_batched(other, [(clips[1], StreamOptions())] * 2, batch_size=2, features=features(other)))
 
 
 def test_a_budget_too_small_ends_only_its_streams_in_an_evaluation(gen, clips):
@@ -170,3 +158,38 @@ def test_a_budget_too_small_ends_only_its_streams_in_an_evaluation(gen, clips):
         assert all(s.records == [] for s in streamed[run])  # both fail before their first frame's record
         metrics = score(run[0], run[1], streamed[run], lambda a, b: np.zeros((len(a), len(b)))).metrics
         assert metrics == {"does_not_fit": f"v0/0: {streamed[run][0].does_not_fit}", "clips": 3}
+
+
+def test_a_stream_in_bf16_autocast_beside_one_in_float32(gen, clips):
+    """One stream under bf16 autocast (StreamOptions.autocast) and two in float32 share a batch: each gives what it
+    gives alone (so the bf16 one's passes ran apart from the float32 rows, and its autocast never leaked into
+    theirs), and bf16 did change the probabilities; the caller's own torch state is untouched."""
+    feats = features(gen)
+    options = [StreamOptions(DropMiddle(budget=360, keep_recent=80), 0.0, 2.0, autocast=torch.bfloat16),
+               StreamOptions(DropMiddle(budget=360, keep_recent=80), 0.0, 2.0), StreamOptions(NoCompression())]
+    jobs = list(zip(clips, options, strict=True))
+    alone = [list(gen.stream(clip, feats, o)) for clip, o in jobs]
+    batched: list[list] = [[] for _ in jobs]
+    for i, _, record in stream_batched(gen, jobs, batch_size=3, features=feats):
+        assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+        if record is not None:
+            batched[i].append(record)
+    for ours, ref in zip(batched, alone, strict=True):
+        assert [(r.frame, r.text, r.cache_tokens, r.compressions) for r in ours] == [
+            (r.frame, r.text, r.cache_tokens, r.compressions) for r in ref]
+        assert [r.speaking_prob for r in ours] == pytest.approx([r.speaking_prob for r in ref], abs=1e-4)
+    fp32 = list(gen.stream(clips[0], feats, dataclasses.replace(options[0], autocast=None)))
+    assert max(abs(a.speaking_prob - b.speaking_prob) for a, b in zip(alone[0], fp32, strict=True)) > 1e-3
+
+
+def test_a_forward_outside_its_stream_is_an_error(gen, clips):
+    """A batched stream's cache feeds the model only inside its stream while stream_batched iterates it: asked from
+    the caller's code, between records or after the batch, it raises instead of handing back its own input."""
+    jobs = [(clip, StreamOptions()) for clip in clips[:2]]
+    batch = stream_batched(gen, jobs, batch_size=2, features=features(gen))
+    _, stream, _ = next(batch)
+    with pytest.raises(RuntimeError, match="outside its stream"):
+        stream.cache.append([50])
+    list(batch)
+    with pytest.raises(RuntimeError, match="outside its stream"):
+        stream.summarize()

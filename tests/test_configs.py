@@ -107,7 +107,7 @@ def test_runs_are_written_under_the_project_root():
 def test_local_smolvlm_256m_builds_under_the_models_folder():
     m = resolved(["+experiment=perframe", "model=smolvlm_256m_local"])["model"]
     assert m["backbone"] == {"source": f"{REPO}/models/smolvlm-256m-smollm2", "tiny_dir": f"{REPO}/models/tiny",
-                             "architecture": None, "build": "smollm2", "attn_implementation": "sdpa"}
+                             "architecture": None, "build": "smollm2", "attn_implementation": "prospect_sdpa"}
     assert (m["tokens_per_frame"], m["net"]["train_connector"], m["lr"]) == (4, True, 1e-3)
     assert (m["net"]["lora_r"], m["net"]["lora_alpha"]) == (16, 32)
 
@@ -138,13 +138,14 @@ def test_every_model_and_data_choice_composes(experiment):
             assert cfg["optimizer"]["lr"] == m["lr"] and m["tokens_per_frame"] == 16, name
             if model in SMOLVLM:  # the SmolVLM base (model/smolvlm.yaml) with ProAssist's fine-tuning
                 assert m["backbone"] == {"source": SMOLVLM[model], "tiny_dir": f"{REPO}/models/tiny",
-                                         "architecture": None, "build": None, "attn_implementation": "sdpa"}, name
+                                         "architecture": None, "build": None,
+                                         "attn_implementation": "prospect_sdpa"}, name
                 assert (m["lr"], m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["train_connector"]) == (
                     2e-4, 128, 256, False), name
             else:  # the tiny model, or random weights in real shapes with its tokenizer
                 assert m["backbone"] == {"source": "tiny", "tiny_dir": f"{REPO}/models/tiny",
                                          "architecture": TINY[model], "build": None,
-                                         "attn_implementation": "sdpa"}, name
+                                         "attn_implementation": "prospect_sdpa"}, name
                 assert (m["lr"], m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["train_connector"]) == (
                     1e-3, 64, 128, True), name
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name

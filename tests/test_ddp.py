@@ -23,6 +23,7 @@ import torch
 from conftest import compose_train
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import OmegaConf
 from PIL import Image
 from test_sequence import hand_clip
 from torch.utils.data import DataLoader
@@ -212,3 +213,14 @@ def test_streaming_validation_refuses_fsdp(tmp_path):
     callback.setup(trainer, None, "test")  # testing a checkpoint does not stream
     off = instantiate(cfg.callbacks.streaming_validation, num_clips=0)
     off.setup(trainer, None, "fit")
+
+
+def test_streaming_validation_refuses_a_model_loaded_with_another_attention(tmp_path):
+    """The training model's attention was chosen when it was loaded; streaming it needs prospect's, so a run with
+    transformers' sdpa is refused when the callback sets up, not epochs later."""
+    cfg = compose_train(tmp_path, ["model.backbone.attn_implementation=sdpa"])
+    callback = instantiate(cfg.callbacks.streaming_validation)
+    module = SimpleNamespace(config=OmegaConf.to_container(cfg, resolve=True))
+    with pytest.raises(ValueError, match="attn_implementation=prospect_sdpa.* not sdpa"):
+        callback.setup(SimpleNamespace(strategy=None), module, "fit")
+    callback.setup(SimpleNamespace(strategy=None), module, "test")  # testing a checkpoint does not stream

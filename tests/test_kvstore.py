@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from prospect.model.backbone import load_backbone
-from prospect.stream.batch import _passes
-from prospect.stream.cache import CacheState, KVStore
+from prospect.stream.batch import TorchMode, _passes
+from prospect.stream.cache import CACHE_ARG, CacheState, KVStore
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,11 @@ def vlm(tiny_dir):
 def ids(n: int, seed: int) -> list[int]:
     """Text token ids of the tiny model's tokenizer (its special tokens, images among them, come first)."""
     return torch.randint(10, 200, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def buffers(store: KVStore) -> list[torch.Tensor]:
+    """The store's keys and values, layer by layer ([rows, kv_heads, capacity, head_dim] each)."""
+    return [t for layer in store.layers for t in (layer.keys, layer.values)]
 
 
 def test_keep_leaves_exactly_the_kept_tokens_of_its_row(vlm):
@@ -32,11 +37,11 @@ def test_keep_leaves_exactly_the_kept_tokens_of_its_row(vlm):
     cache.append(tokens)
     cache.extend_prefix(0, 2)
     cache.extend_prefix(5, 6)
-    keys, values = [k.clone() for k in store.keys], [v.clone() for v in store.values]
+    keys, values = [la.keys.clone() for la in store.layers], [la.values.clone() for la in store.layers]
     cache.keep(cache.prefix, recent=3)
     kept = [0, 1, 5, 7, 8, 9]
     assert store.lengths == [7, 6] and cache.tokens == 6
-    for before, after in ((keys, store.keys), (values, store.values)):
+    for before, after in ((keys, [la.keys for la in store.layers]), (values, [la.values for la in store.layers])):
         for old, new in zip(before, after, strict=True):  # [rows, kv_heads, capacity, head_dim] per layer
             assert torch.equal(new[1, :, :6], torch.stack([old[1, :, j] for j in kept], dim=1))
             assert torch.equal(new[0, :, :7], old[0, :, :7])
@@ -50,12 +55,12 @@ def test_growing_the_capacity_keeps_the_contents(vlm):
     small, large = KVStore(vlm, capacity=4), KVStore(vlm, capacity=64)
     into_small, into_large = CacheState(vlm, small), CacheState(vlm, large)
     first = [into_small.append(ids(3, 2)), into_large.append(ids(3, 2))]
-    stored = [t[..., :3, :].clone() for t in small.keys + small.values]
+    stored = [t[..., :3, :].clone() for t in buffers(small)]
     assert small.capacity == 4
     second = [into_small.append(ids(6, 3)), into_large.append(ids(6, 3))]
     assert small.capacity == 9 and small.lengths == large.lengths == [9]
-    assert all(torch.equal(t[..., :3, :], s) for t, s in zip(small.keys + small.values, stored, strict=True))
-    for a, b in zip(small.keys + small.values, large.keys + large.values, strict=True):
+    assert all(torch.equal(t[..., :3, :], s) for t, s in zip(buffers(small), stored, strict=True))
+    for a, b in zip(buffers(small), buffers(large), strict=True):
         torch.testing.assert_close(a[..., :9, :], b[..., :9, :], rtol=0, atol=1e-6)
     torch.testing.assert_close(torch.stack([first[0], second[0]]), torch.stack([first[1], second[1]]), rtol=0,
                                atol=1e-5)
@@ -78,19 +83,25 @@ def test_rows_appended_in_one_pass_hold_what_each_holds_alone(vlm):
         n = len(starts[row])
         hidden = alone.forward({0: (embed(torch.tensor(chunks[row])), torch.arange(n, n + len(chunks[row])))})[0]
         torch.testing.assert_close(out[row], hidden, rtol=0, atol=1e-5)
-        for a, b in zip(joint.keys + joint.values, alone.keys + alone.values, strict=True):
+        for a, b in zip(buffers(joint), buffers(alone), strict=True):
             torch.testing.assert_close(a[row, :, :8], b[0, :, :8], rtol=0, atol=1e-5)
 
 
 class Recorder:
-    """A store that records which rows each forward pass takes and answers each row with its own chunk."""
+    """A store that records which rows each forward pass takes, and whether under autocast, and answers each row
+    with its own chunk."""
 
     def __init__(self):
         self.passes: list[list[int]] = []
+        self.autocast: list[bool] = []
 
     def forward(self, chunks):
         self.passes.append(list(chunks))
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
         return {row: embeds for row, (embeds, _) in chunks.items()}
+
+
+FLOAT32, BF16 = TorchMode(False, False, torch.bfloat16), TorchMode(False, True, torch.bfloat16)
 
 
 @pytest.mark.parametrize("sizes, passes", [
@@ -107,6 +118,34 @@ def test_pass_packing(sizes, passes):
     real tokens."""
     asked = {row: (torch.full((n, 1), float(row)), torch.arange(n)) for row, n in sizes.items()}
     store = Recorder()
-    hidden = _passes(store, asked)
-    assert store.passes == passes
+    hidden = _passes(store, asked, dict.fromkeys(sizes, FLOAT32), "cpu")
+    assert store.passes == passes and not any(store.autocast)
     assert sorted(hidden) == sorted(sizes) and all(torch.equal(hidden[r], asked[r][0]) for r in sizes)
+
+
+def test_a_pass_takes_the_chunks_of_one_autocast():
+    """Frames of 30, 28 and 29 tokens and a generated token, the 28 and the token asked under bf16 autocast: a pass
+    is one precision, so they run in a pass of their own, under autocast, and the float32 ones in another."""
+    sizes = {0: 30, 1: 28, 2: 1, 3: 29}
+    asked = {row: (torch.full((n, 1), float(row)), torch.arange(n)) for row, n in sizes.items()}
+    store = Recorder()
+    _passes(store, asked, {0: FLOAT32, 1: BF16, 2: BF16, 3: FLOAT32}, "cpu")
+    assert (store.passes, store.autocast) == ([[0, 3], [1, 2]], [False, True])
+
+
+def test_full_forwards_run_transformers_sdpa(vlm, tiny_dir):
+    """Outside the store's passes prospect's attention is transformers' sdpa: a full forward (training's) gives the
+    very same hidden states under either, a padding mask included."""
+    sdpa = load_backbone(str(tiny_dir), attn_implementation="sdpa")[0].eval()
+    tokens, mask = torch.tensor([ids(12, 8), ids(12, 9)]), torch.ones(2, 12, dtype=torch.long)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        ours, theirs = (m.model.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state
+                        for m in (vlm, sdpa))
+    assert torch.equal(ours, theirs)
+
+
+def test_a_forward_on_the_store_outside_its_pass_is_an_error(vlm):
+    """transformers writing to the store by itself (the store's columns, mask and positions left out) raises."""
+    with pytest.raises(RuntimeError, match="outside KVStore.forward"), torch.no_grad():
+        vlm.model.text_model(input_ids=torch.tensor([ids(3, 1)]), use_cache=True, **{CACHE_ARG: KVStore(vlm)})

@@ -24,7 +24,13 @@ TPF = 4
 
 
 @pytest.fixture(scope="module")
+def vlm(tiny_dir):
+    return load_backbone(str(tiny_dir))[0].eval()
+
+
+@pytest.fixture(scope="module")
 def eager(tiny_dir):
+    """The same weights with transformers' eager attention, which returns its weights."""
     return load_backbone(str(tiny_dir), attn_implementation="eager")[0].eval()
 
 
@@ -36,15 +42,15 @@ def eager_attention(vlm, tokens: list[int], queries: slice) -> torch.Tensor:
     return torch.stack(out.attentions)[:, 0, :, queries].mean((0, 1, 2))  # [layers, 1, heads, T, T] -> [T]
 
 
-def test_the_store_records_the_attention_a_chunk_pays(eager):
+def test_the_store_records_the_attention_a_chunk_pays(vlm, eager):
     """Rows holding 6 and 9 tokens take chunks of 4 and 2 in one padded pass, both observed: each row's record is
     the mean attention of its chunk's tokens over its own tokens, as the eager attention of one forward pass over
     that row's tokens weighs them; the pass's hidden states are those of the same pass unobserved."""
-    embed = eager.get_input_embeddings()
+    embed = vlm.get_input_embeddings()
     starts, chunk = {0: ids(6, 10), 1: ids(9, 11)}, {0: ids(4, 12), 1: ids(2, 13)}
     hidden = {}
     for observing in (set(), {0, 1}):
-        store = KVStore(eager, rows=2)
+        store = KVStore(vlm, rows=2)
         for row, start in starts.items():
             store.forward({row: (embed(torch.tensor(start)), torch.arange(len(start)))})
         store.observing = set(observing)
@@ -83,8 +89,8 @@ PREFIX = [0, 1, 2, 3, 12]
     # a window longer than `keep` (from 10): its last 6 tokens, nothing scored
     (6, 10, [0, 1, 2, 3, 12, 14, 15, 16, 17, 18, 19]),
 ])
-def test_attention_scored_keeps_the_prefix_the_window_and_the_best_scored(eager, keep, observed_from, kept):
-    cache, tokens = scored_cache(eager, SCORES, PREFIX, observed_from)
+def test_attention_scored_keeps_the_prefix_the_window_and_the_best_scored(vlm, keep, observed_from, kept):
+    cache, tokens = scored_cache(vlm, SCORES, PREFIX, observed_from)
     AttentionScored(budget=100, keep=keep).compress(SimpleNamespace(cache=cache))
     assert cache.positions.tolist() == kept and cache.token_ids.tolist() == [tokens[j] for j in kept]
     assert cache.prefix.tolist() == [kept.index(j) for j in PREFIX]
@@ -118,8 +124,8 @@ def frames_cache(vlm) -> tuple[CacheState, dict[int, torch.Tensor]]:
     # above 0.999 F1 is no repeat: F4 goes, then the oldest 3 (F0)
     (12, 0.999, [0, 1, 2, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]),
 ])
-def test_redundancy_scored_drops_repeated_frames_oldest_first(eager, keep, threshold, kept):
-    cache, fed = frames_cache(eager)
+def test_redundancy_scored_drops_repeated_frames_oldest_first(vlm, keep, threshold, kept):
+    cache, fed = frames_cache(vlm)
     RedundancyScored(budget=100, keep=keep, threshold=threshold).compress(SimpleNamespace(cache=cache))
     assert cache.positions.tolist() == kept and cache.prefix.tolist() == [0, 1, 2]
     # the frames follow their kept slots (a frame cut by the fallback keeps what is left of it)

@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from prospect.eval.encoder import DEFAULT, load_encoder
 from prospect.eval.report import log_to_wandb, metrics_table, save_plots
 from prospect.eval.streaming import StreamedClip, score, stream_clips
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.stream.generator import StreamingGenerator
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,19 @@ class StreamingValidation(L.Callback):
         self.latest: dict[str, dict[str, float]] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        streaming = stage in ("fit", "validate") and self.num_clips and self.settings
-        if streaming and isinstance(trainer.strategy, FSDPStrategy):
+        if stage not in ("fit", "validate") or not self.num_clips or not self.settings:
+            return
+        if isinstance(trainer.strategy, FSDPStrategy):
             raise ValueError(
                 "streaming validation runs the whole model on each rank, and FSDP shards it: turn it off with "
                 "callbacks.streaming_validation.num_clips=0 (and pick the checkpoint by another metric, e.g. "
                 "callbacks.model_checkpoint.monitor=val/speaking_auroc), or train with trainer=ddp")
+        attention = pl_module.config.get("model", {}).get("backbone", {}).get("attn_implementation", STREAM_ATTENTION)
+        if attention != STREAM_ATTENTION:
+            raise ValueError(
+                f"streaming validation runs the training model through the streams' KV store, which needs the "
+                f"attention prospect loads models with (model.backbone.attn_implementation={STREAM_ATTENTION}), not "
+                f"{attention}: use it, or turn streaming validation off (callbacks.streaming_validation.num_clips=0)")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.num_clips or not self.settings:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -29,9 +28,8 @@ from prospect.eval.dst_metrics import reference_states, state_accuracy, update_s
 from prospect.eval.matching import Similarity, Turns, VideoMatch, aggregate, match_video, window_for
 from prospect.model.features import FeatureStore
 from prospect.stream.batch import stream_batched
-from prospect.stream.cache import CacheState
-from prospect.stream.generator import FrameRecord, Stream, StreamingGenerator, StreamOptions
-from prospect.stream.strategies import Strategy, make_strategy
+from prospect.stream.generator import FrameRecord, StreamingGenerator, StreamOptions
+from prospect.stream.strategies import make_strategy
 
 Thresholds = tuple[float, float]  # (speaking, dst_update)
 
@@ -134,13 +132,13 @@ def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequ
     memo = memo if shared else FeatureMemo(generator, store)
     jobs = [(clip, run) for clip in clips for run in runs]  # clip by clip: few videos' features held at once
     left = Counter(clip.frames_path for clip, _ in jobs)  # streams still to end, per video
-    starts = [partial(_start, generator, clip, memo, make_strategy(setting), thresholds)
-              for clip, (setting, thresholds) in jobs]
+    streams = [(clip, StreamOptions(make_strategy(setting), *thresholds, end_on_budget_error=True))
+               for clip, (setting, thresholds) in jobs]
     records: list[list[FrameRecord]] = [[] for _ in jobs]
     streamed: dict[Run, list[StreamedClip | None]] = {run: [None] * len(clips) for run in runs}
     with tqdm(total=sum(len(c.frame_indices) for c in clips) * len(runs), desc=desc, unit="frame",
               leave=False) as bar:
-        for i, stream, record in stream_batched(generator, starts, batch_size):
+        for i, stream, record in stream_batched(generator, streams, batch_size, memo):
             if record is not None:
                 records[i].append(record)
                 bar.update()
@@ -151,11 +149,6 @@ def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequ
             if not shared and not left[clip.frames_path]:
                 memo.forget(clip)
     return streamed
-
-
-def _start(generator: StreamingGenerator, clip: Clip, features: FeatureMemo, strategy: Strategy,
-           thresholds: Thresholds, cache: CacheState) -> Stream:
-    return generator.stream(clip, features, StreamOptions(strategy, *thresholds, cache=cache, end_on_budget_error=True))
 
 
 def _per_setting(thresholds: Thresholds | Mapping[str, Thresholds], settings: Sequence[str]) -> dict[str, Thresholds]:

@@ -21,27 +21,30 @@ from transformers import (
 )
 
 from prospect.data.sequence import AROUND_IMAGE, END_OF_TURN, GLOBAL_IMAGE, IMAGE, TURN_START
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.tiny import build_tiny
 
 
-def architecture_config(name: str) -> SmolVLMConfig:
-    """Config of a real SmolVLM architecture shipped with prospect (`smolvlm2-256m`, `smolvlm2-500m`)."""
+def architecture_config(name: str, **overrides) -> SmolVLMConfig:
+    """Config of a real SmolVLM architecture shipped with prospect (`smolvlm2-256m`, `smolvlm2-500m`), with
+    `overrides` of its fields (e.g. attn_implementation)."""
     path = resources.files("prospect.model").joinpath("architectures", f"{name}.json")
     if not path.is_file():
         raise ValueError(f"unknown architecture {name!r}: expected smolvlm2-256m or smolvlm2-500m")
     data = json.loads(path.read_text())
     data.pop("_comment", None)
-    return SmolVLMConfig(**data)
+    return SmolVLMConfig(**data | overrides)
 
 
 def load_backbone(
     source: str, *, tiny_dir: str | Path = "models/tiny", tiny_corpus: Iterable[str] | None = None,
-    architecture: str | None = None, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+    architecture: str | None = None, dtype: torch.dtype = torch.float32, attn_implementation: str = STREAM_ATTENTION,
 ) -> tuple[SmolVLMForConditionalGeneration, PreTrainedTokenizerBase]:
     """Model and tokenizer from `source`: "tiny" (built into `tiny_dir` from `tiny_corpus` on first use),
     a local directory, or a hub id. With `architecture`, the weights are random-initialised in that real
     architecture's shapes and the tokenizer comes from `source` (ids must fit the architecture's vocabulary).
-    `attn_implementation`: sdpa (PyTorch's fused attention), eager, or flash_attention_2 where installed."""
+    `attn_implementation`: prospect's (STREAM_ATTENTION: sdpa, and what the streams' KV store needs), or any of
+    transformers' (sdpa, eager, flash_attention_2 where installed) for a model that is not streamed."""
     if source == "tiny":
         if not (Path(tiny_dir) / "config.json").exists():
             if tiny_corpus is None:
@@ -50,9 +53,9 @@ def load_backbone(
         source = str(tiny_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if architecture is not None:
-        config = architecture_config(architecture)
-        config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)  # the ids come from `source`'s tokenizer
-        config._attn_implementation = attn_implementation
+        # the ids come from `source`'s tokenizer
+        config = architecture_config(architecture, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                                     attn_implementation=attn_implementation)
         model = SmolVLMForConditionalGeneration(config).to(dtype)
     else:
         model = SmolVLMForConditionalGeneration.from_pretrained(source, dtype=dtype,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.backbone import load_backbone
 from prospect.model.prospect_model import ProspectModel
 from prospect.model.smollm2 import build_smolvlm_256m_local, fetch_gguf
@@ -49,8 +50,16 @@ def build_model(cfg: Mapping[str, Any], corpus: Iterable[str] | None = None
         build_backbone(backbone["build"], backbone["source"])
     vlm, tokenizer = load_backbone(backbone["source"], tiny_dir=backbone["tiny_dir"], tiny_corpus=corpus,
                                    architecture=backbone.get("architecture"),
-                                   attn_implementation=backbone.get("attn_implementation", "sdpa"))
+                                   attn_implementation=backbone.get("attn_implementation", STREAM_ATTENTION))
     return ProspectModel(vlm, cfg["tokens_per_frame"], **cfg["net"]), tokenizer
+
+
+def with_attention(model_cfg: Mapping[str, Any], attn_implementation: str | None) -> Mapping[str, Any]:
+    """`model_cfg` loading its backbone with `attn_implementation` (None: the one it names): a trained model is
+    streamed with prospect's attention (STREAM_ATTENTION) whatever it was trained with."""
+    if attn_implementation is None:
+        return model_cfg
+    return {**model_cfg, "backbone": {**model_cfg["backbone"], "attn_implementation": attn_implementation}}
 
 
 def build_backbone(recipe: str, out_dir: str | Path) -> None:
@@ -63,15 +72,17 @@ def build_backbone(recipe: str, out_dir: str | Path) -> None:
         build_smolvlm_256m_local(out_dir, fetch_gguf(out_dir.parent))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """The model a training checkpoint was trained as: rebuilt from its stored config, checked, weights loaded."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", attn_implementation: str | None = None
+                    ) -> TrainedModel:
+    """The model a training checkpoint was trained as: rebuilt from its stored config, checked, weights loaded;
+    `attn_implementation` replaces the run's (with_attention)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = _current_names(ckpt["prospect_config"], path)
     backbone = config["model"]["backbone"]
     if backbone["source"] == "tiny" and not (Path(backbone["tiny_dir"]) / "config.json").exists():
         raise CheckpointError(f"{path}: trained on the tiny model at {backbone['tiny_dir']}, which is not there; "
                               "a checkpoint holds only what trains and needs the very base model it was trained on")
-    model, tokenizer = build_model(config["model"])
+    model, tokenizer = build_model(with_attention(config["model"], attn_implementation))
     check_checkpoint(ckpt, model, path, backbone)
     model.load_state_dict(_trained_weights(ckpt), strict=False)
     return TrainedModel(model.to(device), tokenizer, config)

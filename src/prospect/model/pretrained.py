@@ -29,7 +29,7 @@ from torch import Tensor
 
 from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT
 from prospect.model.backbone import load_backbone
-from prospect.model.factory import TrainedModel, build_model, load_checkpoint
+from prospect.model.factory import TrainedModel, build_model, load_checkpoint, with_attention
 from prospect.model.hashing import file_sha256
 from prospect.model.prospect_model import ProspectModel
 
@@ -83,24 +83,27 @@ def export(ckpt: TrainedModel, out: str | Path, *, merge: bool = False,
     return out
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> TrainedModel:
+def load_trained(path: str | Path, device: str | torch.device = "cpu", base: str | None = None,
+                 attn_implementation: str | None = None) -> TrainedModel:
     """A trained model from a training checkpoint (a file: factory.load_checkpoint) or an exported directory
-    (load_exported). `base` replaces an exported adapter's base model with a copy of it elsewhere."""
+    (load_exported). `base` replaces an exported adapter's base model with a copy of it elsewhere;
+    `attn_implementation` the attention the run loaded its model with (factory.with_attention)."""
     if Path(path).is_dir():
-        return load_exported(path, device, base)
+        return load_exported(path, device, base, attn_implementation)
     if base is not None:
         raise ValueError(f"{path}: base= applies to an exported directory; a checkpoint loads onto the base model "
                          "its config names")
-    return load_checkpoint(path, device)
+    return load_checkpoint(path, device, attn_implementation)
 
 
-def load_exported(path: str | Path, device: str | torch.device = "cpu", base: str | None = None) -> TrainedModel:
+def load_exported(path: str | Path, device: str | torch.device = "cpu", base: str | None = None,
+                  attn_implementation: str | None = None) -> TrainedModel:
     """An exported directory, checked file by file against its prospect.json; safetensors only. `base` replaces
     the stored base model (a hub id or local directory holding the same weights: the fingerprint must match);
     a merged directory holds its base model itself."""
     path = Path(path)
     meta = _read_meta(path)
-    model_cfg = meta["config"]["model"]
+    model_cfg = with_attention(meta["config"]["model"], attn_implementation)
     if meta["merged"]:
         vlm, tokenizer = load_backbone(str(path), attn_implementation=model_cfg["backbone"]["attn_implementation"])
         # the adapter is in the weights: the fresh LoRA that ProspectModel adds changes nothing (its B is zero)

@@ -6,10 +6,11 @@ pass appends a chunk of tokens to any number of rows: each row's chunk goes to t
 chunks right-padded to the longest, under a 4D mask by which every token sees its row's cached tokens and the
 earlier tokens of its chunk only. Pad tokens land past the row's length, where its next chunk overwrites them.
 Nothing is copied per step but the new tokens, whatever the batch (a pass over some of the rows gathers theirs).
-The store is the cache transformers' attention layers call `update` on (the subset of `transformers.Cache` that
-LlamaModel uses, the same from 5.0 to 5.24); its passes run an attention of its own (`_attention`), whatever the
-model was loaded with. A pass may also record, for the rows asked (`observing`), the attention their chunk's tokens
-pay to the row's tokens (attention_scored's scores); the passes' results are the same either way.
+The store is a transformers `Cache` (one `StoreLayer` per attention layer, its `keys` and `values` the buffers
+above); its passes run with the attention the model was loaded with, which must be prospect's
+(`attn_implementation=STREAM_ATTENTION`, prospect.model.attention): each layer hands it the pass's `kv_pass`. A pass
+may also record, for the rows asked (`observing`), the attention their chunk's tokens pay to the row's tokens
+(attention_scored's scores); the passes' results are the same either way.
 
 transformers caches keys *after* RoPE. Dropping cached tokens therefore leaves the kept keys at their original
 positions: either new tokens continue that numbering (`keep`), or the kept keys are re-rotated to contiguous
@@ -27,14 +28,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from functools import partial
 
 import torch
 from torch import Tensor
-from transformers import AttentionInterface, SmolVLMForConditionalGeneration
-from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.models.llama.modeling_llama import LlamaModel, rotate_half
+from transformers import Cache, CacheLayerMixin, LlamaModel, SmolVLMForConditionalGeneration
 
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.vision import embed_with_frames
 
 # transformers 5.24 renamed the models' `past_key_values=` argument to `cache=` (the old name is deprecated until
@@ -42,56 +41,103 @@ from prospect.model.vision import embed_with_frames
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 Chunk = tuple[Tensor, Tensor]  # (embeddings [n, H], positions [n]) to append to one row
-ATTENTION = "prospect_kvstore"  # the attention the store's passes run, whatever the model was loaded with
 
 
-Observer = Callable[[Tensor, Tensor, Tensor, float], None]  # (query, key, mask, scaling) of one layer
-
-
-def _attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor,
-               scaling: float, observe: Observer | None = None, **kwargs) -> tuple[Tensor, None]:
-    """sdpa under the store's additive mask. transformers' sdpa repeats every cached key and value for each query
-    head when there is a mask (a copy of the whole cache per layer and pass, most of a batched pass on a CPU);
-    torch's GQA reads them in place, on a CPU. CUDA's fast kernels take no masked GQA, so there they are repeated.
-    `observe` (passed by the store through the model's keyword arguments) sees the layer's query and keys."""
-    if observe is not None:
-        observe(query, key, attention_mask, scaling)
-    gqa = query.device.type == "cpu"
-    if not gqa:
-        key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           scale=scaling, enable_gqa=gqa)
-    return out.transpose(1, 2).contiguous(), None  # [B, n, heads, head_dim]
-
-
-AttentionInterface.register(ATTENTION, _attention)
+class AttentionError(RuntimeError):
+    """The model's attention is not the one the store's passes need (it was chosen when the model was loaded)."""
 
 
 def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, bytes_per_value: int) -> int:
     return 2 * num_layers * kv_heads * head_dim * bytes_per_value
 
 
-class KVStore:
+def rotate_half(x: Tensor) -> Tensor:
+    """RoPE's rotation of the last dimension's halves (x1, x2) -> (-x2, x1), as Llama pairs them."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class StoreLayer(CacheLayerMixin):
+    """One attention layer's part of a KVStore: the keys and values of every row, [rows, kv_heads, capacity,
+    head_dim]. Its `update` writes a pass's chunks where the store's running pass says."""
+
+    is_sliding = False
+
+    def __init__(self, store: KVStore, keys: Tensor, values: Tensor):
+        super().__init__()
+        self.store, self.keys, self.values = store, keys, values
+        self.device, self.is_initialized = keys.device, True
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        """Nothing to do: the store allocates its layers up front."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        """Called by the attention layer inside `KVStore.forward`: write the chunks' keys and values [B, kv_heads, n,
+        head_dim] at their rows' next columns; the keys and values to attend over."""
+        step = self.store.running()
+        for buffer, new in ((self.keys, key_states), (self.values, value_states)):
+            buffer[step.rows[:, None], :, step.columns] = new.transpose(1, 2).to(buffer.dtype)  # [B, n, kv, dim]
+        k, v = self.keys[..., :step.kv_length, :], self.values[..., :step.kv_length, :]
+        return (k[step.rows], v[step.rows]) if step.subset else (k, v)
+
+    def get_seq_length(self) -> int:
+        """What transformers numbers new tokens from when no positions are given (the store's are always)."""
+        return max(self.store.lengths)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        """-1: the store grows (transformers 5.24's name for it; 5.6 calls it get_max_cache_shape)."""
+        return -1
+
+    get_max_cache_shape = get_max_length
+
+
+class _Pass:
+    """One KVStore.forward while it runs: its rows [B], whether they are a subset of the store's, their write
+    columns [B, n] and the kv length; called by every layer's attention (`kv_pass`, prospect.model.attention),
+    it counts the layers and adds the attention of the observed batch entries to `totals`."""
+
+    def __init__(self, rows: Tensor, subset: bool, columns: Tensor, kv_length: int, observed: list[int],
+                 sizes: Tensor):
+        self.rows, self.subset, self.columns, self.kv_length = rows, subset, columns, kv_length
+        self.observed, self.sizes, self.layers = observed, sizes, 0
+        self.totals = torch.zeros(len(observed), kv_length, device=rows.device)  # [b, kv] over layers and heads
+
+    def __call__(self, query: Tensor, key: Tensor, mask: Tensor, scaling: float) -> None:
+        self.layers += 1
+        if self.observed:
+            _observe(self.observed, self.sizes, self.totals, query, key, mask, scaling)
+
+
+class KVStore(Cache):
     """Keys and values of `rows` streams, one row each (see the module docstring)."""
 
     def __init__(self, model: SmolVLMForConditionalGeneration, rows: int = 1, capacity: int = 256):
-        self.model = model
         text = model.config.text_config
         weight = next(model.parameters())
         shape = (rows, text.num_key_value_heads, capacity, text.head_dim)
-        self.keys = [weight.new_zeros(shape) for _ in range(text.num_hidden_layers)]
-        self.values = [weight.new_zeros(shape) for _ in range(text.num_hidden_layers)]
+        super().__init__(layers=[StoreLayer(self, weight.new_zeros(shape), weight.new_zeros(shape))
+                                 for _ in range(text.num_hidden_layers)])
+        self.model = model
         self.lengths = [0] * rows  # cached tokens per row
         self.observing: set[int] = set()  # rows whose next chunk's attention is recorded (`observed`)
         self.observed: dict[int, Tensor] = {}  # row -> [its tokens] mean attention its last observed chunk paid
         self.token_bytes = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
                                            weight.element_size())
-        # during forward: the rows [B], whether they are a subset, their write columns [B, n], the kv length
-        self._step: tuple[Tensor, bool, Tensor, int] | None = None
+        self._pass: _Pass | None = None
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[-2]
+        return self.layers[0].keys.shape[-2]
+
+    def running(self) -> _Pass:
+        """The pass `forward` is running; outside one, transformers has no business writing to the store."""
+        if self._pass is None:
+            raise RuntimeError("a forward pass on a KVStore outside KVStore.forward: only the store knows where each "
+                               "row's tokens go (pass chunks to KVStore.forward, or stream through CacheState)")
+        return self._pass
 
     @torch.no_grad()
     def forward(self, chunks: Mapping[int, Chunk]) -> dict[int, Tensor]:
@@ -109,68 +155,57 @@ class KVStore:
         # pad tokens repeat the last position: never seen by a real token, they only must not fail RoPE
         positions = torch.stack([torch.cat([p, p[-1:].expand(n - len(p))]) for p in (chunks[r][1] for r in rows)])
         columns = lengths[:, None] + torch.arange(n)  # [B, n] where each row's chunk is written
-        device, dtype = self.keys[0].device, self.keys[0].dtype
+        device, dtype = self.layers[0].keys.device, self.layers[0].keys.dtype
         # additive [B, 1, n, kv]: each token sees its row's cache and the earlier tokens of its chunk
         allowed = torch.arange(kv_length) <= columns[..., None]
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-        subset = rows != list(range(len(self.lengths)))  # a pass over some rows gathers their cache
-        self._step = (torch.tensor(rows, device=device), subset, columns.to(device), kv_length)
-        text_model = self.model.model.text_model
         observed = [i for i, r in enumerate(rows) if r in self.observing]  # batch entries whose attention is kept
-        totals = torch.zeros(len(observed), kv_length, device=device)  # [b, kv] attention summed over layers, heads
-        observe = partial(_observe, observed, torch.tensor(sizes)[observed].to(device), totals)
-        extra = {"observe": observe} if observed else {}
-        loaded, text_model.config._attn_implementation = text_model.config._attn_implementation, ATTENTION
+        subset = rows != list(range(len(self.lengths)))  # a pass over some rows gathers their cache
+        self._pass = step = _Pass(torch.tensor(rows, device=device), subset, columns.to(device), kv_length, observed,
+                                  torch.tensor(sizes)[observed].to(device))
         try:
-            out = text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
-                             position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: self}, **extra)
+            out = self.model.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
+                                              position_ids=positions.to(device), use_cache=True, kv_pass=step,
+                                              **{CACHE_ARG: self})
         finally:
-            self._step = None
-            text_model.config._attn_implementation = loaded
+            self._pass = None
+        if step.layers != len(self.layers):
+            raise AttentionError(f"the text model's attention ran {step.layers} of {len(self.layers)} layers the "
+                                 f"store's way: load the model with attn_implementation={STREAM_ATTENTION!r} "
+                                 "(prospect.model.attention; load_backbone's default)")
         for r, s in zip(rows, sizes, strict=True):
             self.lengths[r] += s
         heads = self.model.config.text_config.num_attention_heads
         for j, i in enumerate(observed):
             r = rows[i]
             self.observing.discard(r)
-            self.observed[r] = totals[j, :self.lengths[r]].cpu() / (len(self.keys) * heads * sizes[i])
+            self.observed[r] = step.totals[j, :self.lengths[r]].cpu() / (len(self.layers) * heads * sizes[i])
         return {r: out.last_hidden_state[i, :s] for i, (r, s) in enumerate(zip(rows, sizes, strict=True))}
-
-    def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        """transformers' Cache.update, called by each attention layer inside `forward`: write the chunk's keys and
-        values [B, kv_heads, n, head_dim] at the rows' next columns; the keys and values to attend over."""
-        rows, subset, columns, kv_length = self._step
-        for store, new in ((self.keys[layer_idx], keys), (self.values[layer_idx], values)):
-            store[rows[:, None], :, columns] = new.transpose(1, 2).to(store.dtype)  # [B, n, kv_heads, head_dim]
-        k, v = self.keys[layer_idx][..., :kv_length, :], self.values[layer_idx][..., :kv_length, :]
-        return (k[rows], v[rows]) if subset else (k, v)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        """What transformers numbers new tokens from when no positions are given (ours always are)."""
-        return max(self.lengths)
 
     def _grow(self, columns: int) -> None:
         if columns <= self.capacity:
             return
         extra = max(columns, 2 * self.capacity) - self.capacity
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, extra))  # noqa: E731
-        self.keys, self.values = [pad(t) for t in self.keys], [pad(t) for t in self.values]
+        for layer in self.layers:
+            layer.keys, layer.values = (torch.nn.functional.pad(t, (0, 0, 0, extra))
+                                        for t in (layer.keys, layer.values))
 
     def keep(self, row: int, index: Tensor) -> None:
         """Keep only the row's cached tokens at `index` (1D, in order) at its first columns, in every layer."""
-        index = index.to(self.keys[0].device)
-        for t in self.keys + self.values:
-            t[row, :, :len(index)] = t[row].index_select(-2, index)
+        index = index.to(self.layers[0].keys.device)
+        for layer in self.layers:
+            for t in (layer.keys, layer.values):
+                t[row, :, :len(index)] = t[row].index_select(-2, index)
         self.lengths[row] = len(index)
 
     def rerotate(self, row: int, shift: Tensor, rotary_emb: torch.nn.Module) -> None:
         """Move each of the row's cached keys by `shift[j]` positions (1D, one entry per cached token; negative
         moves earlier) with the model's own rotary embedding: RoPE(p + d) = rotation by d applied to RoPE(p)."""
         n = self.lengths[row]
-        for t in self.keys:
-            keys = t[row, :, :n]  # [kv_heads, n, head_dim]
+        for layer in self.layers:
+            keys = layer.keys[row, :, :n]  # [kv_heads, n, head_dim]
             cos, sin = rotary_emb(keys, shift.to(keys.device)[None])  # [1, n, head_dim]
-            t[row, :, :n] = keys * cos.to(keys.dtype) + rotate_half(keys) * sin.to(keys.dtype)
+            layer.keys[row, :, :n] = keys * cos.to(keys.dtype) + rotate_half(keys) * sin.to(keys.dtype)
 
     def clear(self, row: int) -> None:
         self.lengths[row] = 0

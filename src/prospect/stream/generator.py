@@ -1,12 +1,13 @@
 """StreamingGenerator: a video goes through the model frame by frame, one forward pass per frame on a KV
 cache, with the prompts of training (the same SequenceBuilder pieces).
 
-The generator composes the pieces; per frame: the strategy makes room for the frame and its possible turns
-(strategies.py), the frame's tokens and any user / system text decided after it are appended to the cache
-(cache.py), both heads are read at the last token; if the DST head fires the DST update is decoded (decoder.py)
-and tracked (tracker.py: malformed text is counted and ignored), if the speaking head fires the reply is decoded.
-Turns decided before the first frame (the reference's too) are context: fed, and their DST updates applied.
-One video's state is a `Stream`, made by `stream()` / `stream_frames()` and iterated for its FrameRecords.
+The generator holds the pieces (model, heads, builder, decoder, defaults); one video is a `Stream`, made by
+`stream()` / `stream_frames()`, whose own frame loop runs per frame: the strategy makes room for the frame and its
+possible turns (strategies.py), the frame's tokens and any user / system text decided after it are appended to
+the cache (cache.py), both heads are read at the last token; if the DST head fires the DST update is decoded
+(decoder.py) and tracked (tracker.py: malformed text is counted and ignored), if the speaking head fires the reply
+is decoded. Turns decided before the first frame (the reference's too) are context: fed, and their DST updates
+applied. Iterating a Stream gives its FrameRecords.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +28,7 @@ from transformers import SmolVLMForConditionalGeneration
 
 from prospect.data.clip import Clip, Event, Task
 from prospect.data.sequence import INPUT_ROLES, SUMMARIZE_REQUEST, PromptContext, SequenceBuilder
+from prospect.model.attention import STREAM_ATTENTION
 from prospect.model.factory import build_model
 from prospect.model.heads import BinaryHead
 from prospect.model.pretrained import load_trained
@@ -122,10 +125,11 @@ class StreamingGenerator:
     def from_pretrained(cls, path: str | Path, setting: str = "none", *, device: str | torch.device = "cpu",
              base: str | None = None, **kwargs) -> StreamingGenerator:
         """A trained model, from a training checkpoint (a file) or an exported directory
-        (prospect.model.pretrained.load_trained: checked against its base model), the adapter folded in
-        (fold_adapter). The thresholds an exported directory holds for `setting` apply unless `kwargs` give them;
-        `base` replaces an exported adapter's base model with a copy of it elsewhere."""
-        trained = load_trained(path, device, base)
+        (prospect.model.pretrained.load_trained: checked against its base model) with the attention streaming
+        needs (STREAM_ATTENTION, whatever it was trained with), the adapter folded in (fold_adapter). The
+        thresholds an exported directory holds for `setting` apply unless `kwargs` give them; `base` replaces an
+        exported adapter's base model with a copy of it elsewhere."""
+        trained = load_trained(path, device, base, STREAM_ATTENTION)
         net = trained.model
         calibrated = trained.thresholds.get(setting, {})
         kwargs = {**{f"{k}_threshold": v for k, v in calibrated.items()}, **kwargs}
@@ -165,10 +169,11 @@ class StreamingGenerator:
                                  self.tokens_per_frame)
 
     def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None,
-               options: StreamOptions | None = None) -> Stream:
+               options: StreamOptions | None = None, cache: CacheState | None = None) -> Stream:
         """`clip` as a Stream of per-frame records. `features(clip, frame)` may supply precomputed frame features
         [1, tokens_per_frame, H] instead of running the vision encoder. The clip's own system prompt replaces
-        ours; summary requests and answers in the file are the reference's, never fed."""
+        ours; summary requests and answers in the file are the reference's, never fed. `cache`: a row of a store
+        that other streams share (stream_batched makes them); by default the stream's own."""
         features = features or self.encode
         fed = clip.events_by_frame(lambda e: e.kind not in _NOT_FED)
         before = fed.get(clip.video.start_frame - 1, [])
@@ -177,7 +182,8 @@ class StreamingGenerator:
                              [e for e in fed.get(f, []) if e.role in INPUT_ROLES])  # the reference's turns never
                   for f in clip.frame_indices)
         return Stream(self, frames, clip.task, before, PromptContext.of(clip),  # a later split's prompt apart
-                      [e for e in clip.events if e is first_user or e.kind == "knowledge"], options or StreamOptions())
+                      [e for e in clip.events if e is first_user or e.kind == "knowledge"], options or StreamOptions(),
+                      cache)
 
     def stream_frames(self, frames: Iterable[FrameInput], task: Task, before: Sequence[Event] = (),
                       system_prompt: str | None = None, prefix_turns: Sequence[Event] = (),
@@ -186,69 +192,13 @@ class StreamingGenerator:
         turns decided before the first frame (context: fed, DST updates applied), each FrameInput the user or
         system turns decided after its frame. `system_prompt` replaces ours; `prefix_turns` are the turns that
         will join the prefix drop_middle keeps (first user turn, knowledge), so the room it leaves is checked
-        when the stream starts. `options` set this stream's strategy, thresholds or cache (else the generator's
-        apply). Nothing runs before the first record is asked for."""
+        when the stream starts. `options` set this stream's strategy, thresholds or precision (else the
+        generator's apply). Nothing runs before the first record is asked for."""
         return Stream(self, frames, task, before, PromptContext(task.start_state(), system_prompt), prefix_turns,
                       options or StreamOptions())
 
-    @torch.no_grad()
-    def _records(self, stream: Stream, frames: Iterable[FrameInput], before: Sequence[Event],
-                 prefix_turns: Sequence[Event]) -> Iterator[FrameRecord]:
-        cache = stream.cache
-        cache.restart(stream.initial_prompt)
-        if before:
-            cache.append([t for e in before for t in self.builder.turn_ids(e)])
-        for e in before:
-            stream.take(e)
-        # drop_middle's prefix: the prompt with the task, what precedes frame 0, the first user turn, the knowledge
-        cache.extend_prefix(0, cache.tokens)
-        stream.first_user_seen = any(e.role == "user" for e in before)
-        stream.strategy.check_room(cache.tokens + sum(len(self.builder.turn_ids(e)) for e in prefix_turns
-                                                    if e not in before), stream.room)
-        for item in frames:
-            yield self._frame(stream, item)
-
-    def _frame(self, stream: Stream, item: FrameInput) -> FrameRecord:
-        """Make room, append the frame and its turns, read the heads, decode the DST update and the reply."""
-        start = time.perf_counter()
-        cache = stream.cache
-        stream.upcoming, stream.summaries = item, []
-        turns = [self.builder.turn_ids(e) for e in item.events]
-        chunk = self.builder.frame_ids() + [t for ids in turns for t in ids]
-        if stream.strategy.make_room(stream, len(chunk) + 2 * stream.turn_reserve):  # a DST update and a reply at most
-            stream.compressions += 1
-        first, features = cache.tokens, item.features()
-        hidden = cache.append(chunk, features, observe=stream.strategy.observes)  # [H]
-        slot = first + len(self.builder.frame_ids())
-        cache.mark_frame(first, slot, features[0])
-        stream.last = item
-        for e, ids in zip(item.events, turns, strict=True):
-            if e.kind == "knowledge" or e.role == "user" and not stream.first_user_seen:
-                stream.first_user_seen = stream.first_user_seen or e.role == "user"
-                cache.extend_prefix(slot, slot + len(ids))
-                stream.strategy.check_room(len(cache.prefix), stream.room)
-            stream.take(e)
-            slot += len(ids)
-        speaking = float(torch.sigmoid(self.speaking_head(hidden)))
-        dst = float(torch.sigmoid(self.dst_head(hidden)))
-        cap = stream.max_new_tokens
-        dst_text = self.decoder.turn(cache, "dst", cap).text if dst >= stream.dst_update_threshold else ""
-        if dst_text:
-            stream.dst.apply(dst_text)
-        reply = self.decoder.turn(cache, "assistant", cap) if speaking >= stream.speaking_threshold else Turn("", False)
-        if stream.first_user_seen and stream.first_user_step_end is None:
-            stream.first_user_step_end = cache.tokens
-        self._warn_positions(stream)
-        return FrameRecord(
-            time=item.time, frame=item.index, speaking_prob=speaking, dst_update_prob=dst, text=reply.text,
-            reply_capped=reply.capped, dst_text=dst_text,
-            dst_state=dict(stream.context.state), cache_tokens=cache.tokens, cache_bytes=cache.nbytes,
-            positions=(int(cache.positions.min()), int(cache.positions.max())),
-            beyond_max_positions=cache.next_position > cache.max_positions, compressions=stream.compressions,
-            ms=(time.perf_counter() - start) * 1e3, summaries=stream.summaries)
-
-    def _warn_positions(self, stream: Stream) -> None:
-        """Once per generator: positions went past the model's max_position_embeddings."""
+    def warn_positions(self, stream: Stream) -> None:
+        """Once per generator: a stream's positions went past the model's max_position_embeddings."""
         cache = stream.cache
         if cache.first_beyond is not None and not self._warned_positions:
             self._warned_positions = True
@@ -264,10 +214,12 @@ class StreamOptions:
     strategy: Strategy | None = None
     speaking_threshold: float | None = None
     dst_update_threshold: float | None = None
-    cache: CacheState | None = None  # e.g. a row of a KVStore that other streams share (stream/batch.py)
     # a budget too small for the strategy (BudgetError) ends the stream, `Stream.budget_error` saying why, instead
     # of raising: a sweep over budgets reports the setting as not fitting and streams the others
     end_on_budget_error: bool = False
+    # run the stream's model under torch.autocast in this dtype on the model's device (e.g. bfloat16 on a float32
+    # model, as bf16-mixed training runs it); None: as the caller runs it
+    autocast: torch.dtype | None = None
 
 
 class Stream(Iterator[FrameRecord]):
@@ -275,12 +227,14 @@ class Stream(Iterator[FrameRecord]):
     a restarted prompt carries (the PromptContext of training: system prompt, tracked DST state, progress,
     knowledge turn), whether the first user turn was seen and where its frame ended in the cache, the
     compressions so far, the frame about to be fed and the one fed last (a summary is answered after either) and
-    the summaries generated at it. Iterating it runs the frames, lazily (a budget too small for its strategy raises
-    BudgetError, or ends it when its options say so); it is what its strategy compresses (strategies.Compressible)."""
+    the summaries generated at it. Iterating it runs its frame loop, lazily, one frame a record: the strategy makes
+    room, the frame and its turns go into the cache, the heads decide, turns are decoded (a budget too small for its
+    strategy raises BudgetError, or ends it when its options say so). It is what its strategy compresses
+    (strategies.Compressible) and the only writer of its own state; the generator lends it the model's pieces."""
 
     def __init__(self, generator: StreamingGenerator, frames: Iterable[FrameInput], task: Task,
                  before: Sequence[Event], context: PromptContext, prefix_turns: Sequence[Event],
-                 options: StreamOptions):
+                 options: StreamOptions, cache: CacheState | None = None):
         self.generator = generator
         self.strategy = options.strategy or generator.strategy
         self.speaking_threshold = (generator.speaking_threshold if options.speaking_threshold is None
@@ -290,10 +244,11 @@ class Stream(Iterator[FrameRecord]):
         # the strategy's caps (upstream's for the upstream_* settings), else the generator's
         self.max_new_tokens = self.strategy.max_new_tokens or generator.decoder.max_new_tokens
         self.max_summary_tokens = self.strategy.max_summary_tokens or generator.max_summary_tokens
-        self.cache = options.cache or CacheState(generator.model)
+        self.autocast = options.autocast
+        self.cache = cache or CacheState(generator.model)
         self.task = task
         self.context = context
-        self.first_user_seen = False
+        self.first_user_seen = False  # a user turn was fed (before the first frame or after one)
         self.first_user_step_end: int | None = None  # cache tokens after the frame that fed the first user turn
         self.dst = DstTracker(self.context)
         self.compressions = 0
@@ -303,16 +258,75 @@ class Stream(Iterator[FrameRecord]):
         self.end_on_budget_error = options.end_on_budget_error
         self.budget_error: str | None = None  # why the stream ended early (StreamOptions.end_on_budget_error)
         self.initial_prompt = self.prompt()
-        self._records = generator._records(self, frames, before, prefix_turns)
+        self._records = self._run(frames, before, prefix_turns)
 
     def __next__(self) -> FrameRecord:
         try:
-            return next(self._records)
+            with self._precision():
+                return next(self._records)
         except BudgetError as error:
             if not self.end_on_budget_error:
                 raise
             self.budget_error = str(error)
             raise StopIteration from None
+
+    def _precision(self) -> AbstractContextManager:
+        """The stream's autocast (StreamOptions.autocast), else the caller's precision."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.generator.device.type, dtype=self.autocast)
+
+    @torch.no_grad()
+    def _run(self, frames: Iterable[FrameInput], before: Sequence[Event], prefix_turns: Sequence[Event]
+             ) -> Iterator[FrameRecord]:
+        """The frame loop: the prompt and the turns before the first frame, then a record per frame."""
+        builder = self.generator.builder
+        self.cache.restart(self.initial_prompt)
+        if before:
+            self.cache.append([t for e in before for t in builder.turn_ids(e)])
+        for e in before:
+            self.take(e)
+        self.first_user_seen = any(e.role == "user" for e in before)
+        self.strategy.start(self, sum(len(builder.turn_ids(e)) for e in prefix_turns if e not in before))
+        for item in frames:
+            yield self._frame(item)
+
+    def _frame(self, item: FrameInput) -> FrameRecord:
+        """Make room, append the frame and its turns, read the heads, decode the DST update and the reply."""
+        start = time.perf_counter()
+        gen, cache = self.generator, self.cache
+        self.upcoming, self.summaries = item, []
+        turns = [gen.builder.turn_ids(e) for e in item.events]
+        chunk = gen.builder.frame_ids() + [t for ids in turns for t in ids]
+        if self.strategy.make_room(self, len(chunk) + 2 * self.turn_reserve):  # a DST update and a reply at most
+            self.compressions += 1
+        first, features = cache.tokens, item.features()
+        hidden = cache.append(chunk, features, observe=self.strategy.observes)  # [H]
+        slot = first + len(gen.builder.frame_ids())
+        cache.mark_frame(first, slot, features[0])
+        self.last = item
+        for e, ids in zip(item.events, turns, strict=True):
+            self.strategy.fed(self, e, slot, slot + len(ids))
+            self.first_user_seen = self.first_user_seen or e.role == "user"
+            self.take(e)
+            slot += len(ids)
+        speaking = float(torch.sigmoid(gen.speaking_head(hidden)))
+        dst = float(torch.sigmoid(gen.dst_head(hidden)))
+        cap = self.max_new_tokens
+        dst_text = gen.decoder.turn(cache, "dst", cap).text if dst >= self.dst_update_threshold else ""
+        if dst_text:
+            self.dst.apply(dst_text)
+        reply = gen.decoder.turn(cache, "assistant", cap) if speaking >= self.speaking_threshold else Turn("", False)
+        if self.first_user_seen and self.first_user_step_end is None:
+            self.first_user_step_end = cache.tokens
+        gen.warn_positions(self)
+        return FrameRecord(
+            time=item.time, frame=item.index, speaking_prob=speaking, dst_update_prob=dst, text=reply.text,
+            reply_capped=reply.capped, dst_text=dst_text,
+            dst_state=dict(self.context.state), cache_tokens=cache.tokens, cache_bytes=cache.nbytes,
+            positions=(int(cache.positions.min()), int(cache.positions.max())),
+            beyond_max_positions=cache.next_position > cache.max_positions, compressions=self.compressions,
+            ms=(time.perf_counter() - start) * 1e3, summaries=self.summaries)
 
     @property
     def malformed_dst(self) -> int:

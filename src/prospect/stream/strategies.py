@@ -16,9 +16,10 @@ attended to most (SnapKV / H2O), redundancy_scored drops frames that repeat the 
 InfiniPot-V).
 
 A strategy acts on a stream's CacheState and the little else a stream offers it (`Compressible`: its prompts,
-frames and a summary); it knows nothing of the generator. Named settings `<strategy>_<budget>` (budget in tokens,
-`512` or `1k` = 1024) and `none` are built by `make_strategy`; `sweep_settings` names every strategy at every
-budget.
+frames and a summary); it knows nothing of the generator. It keeps no state of its own (streams share it): what
+it tracks lives in the stream's cache (the prefix that the prefix-keeping strategies mark as the stream feeds
+it). Named settings `<strategy>_<budget>` (budget in tokens, `512` or `1k` = 1024) and `none` are built by
+`make_strategy`; `sweep_settings` names every strategy at every budget.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from prospect.stream.cache import CacheState
 
 if TYPE_CHECKING:
+    from prospect.data.clip import Event
     from prospect.stream.generator import FrameInput
 
 
@@ -48,7 +50,9 @@ class Compressible(Protocol):
     initial_prompt: list[int]  # the prompt the stream started from
     summary_reserve: int  # tokens `summarize` adds to the cache
     last: FrameInput | None  # the frame fed last (None before the first)
+    first_user_seen: bool  # a user turn was fed before the one being fed
     first_user_step_end: int | None  # cache tokens after the frame that fed the first user turn (None: not yet)
+    room: int  # tokens a frame and its generated turns may take
 
     def prompt(self) -> list[int]:
         """A restart's prompt: the tracked DST state, the progress and the knowledge turn seen so far."""
@@ -100,18 +104,43 @@ class Strategy:
         """Tokens the compression itself adds before it frees any (the summary request and the summary)."""
         return 0
 
-    def check_room(self, prefix_tokens: int, room: int) -> None:
-        """Raise, before streaming, when what this strategy keeps leaves no `room` for a frame and its turns."""
+    def start(self, stream: Compressible, prefix_turns: int) -> None:
+        """Before the first frame, with the prompt and the turns before it cached; `prefix_turns` tokens of turns
+        still to come will join what a strategy that keeps the prefix keeps (the first user turn, knowledge)."""
 
-    def _check_prefix_room(self, prefix_tokens: int, room: int, field: str, what: str) -> None:
-        """For the strategies that keep the prefix and `field` more tokens (`what` they are)."""
-        kept = getattr(self, field)
-        if prefix_tokens + kept + room > self.budget:
+    def fed(self, stream: Compressible, event: Event, start: int, stop: int) -> None:
+        """A turn decided after a frame went into the cache slots start..stop-1."""
+
+
+@dataclass
+class KeepsPrefix(Strategy):
+    """A strategy that keeps the prefix (the prompt with the task, the turns before the first frame, the first user
+    turn and the knowledge turns: `CacheState.prefix`, marked here as the stream feeds them) and up to `window`
+    more tokens (`window_means` says which). Before streaming, and whenever the prefix grows, it checks that the
+    prefix, the window and room for a frame and its turns fit the budget."""
+
+    window = "keep_recent"  # the field that holds how many tokens it keeps beyond the prefix
+    window_means = "the recent window"
+
+    def start(self, stream: Compressible, prefix_turns: int) -> None:
+        cache = stream.cache
+        cache.extend_prefix(0, cache.tokens)
+        self.check_room(cache.tokens + prefix_turns, stream.room)
+
+    def fed(self, stream: Compressible, event: Event, start: int, stop: int) -> None:
+        if event.kind == "knowledge" or event.role == "user" and not stream.first_user_seen:
+            stream.cache.extend_prefix(start, stop)
+            self.check_room(len(stream.cache.prefix), stream.room)
+
+    def check_room(self, prefix_tokens: int, room: int) -> None:
+        """Raise when a prefix of `prefix_tokens`, the window and `room` for a frame and its turns pass the budget."""
+        kept = getattr(self, self.window)
+        if self.budget is not None and prefix_tokens + kept + room > self.budget:
             raise BudgetError(
                 f"{self.name} with a budget of {self.budget} tokens: the prefix it keeps (system prompt, task, turns "
-                f"before the first frame, first user turn, knowledge) holds {prefix_tokens} tokens; with {what} "
-                f"({kept}) and room for a frame and its turns ({room}) that is {prefix_tokens + kept + room}: use a "
-                f"larger budget or a smaller {field}")
+                f"before the first frame, first user turn, knowledge) holds {prefix_tokens} tokens; with "
+                f"{self.window_means} ({kept}) and room for a frame and its turns ({room}) that is "
+                f"{prefix_tokens + kept + room}: use a larger budget or a smaller {self.window}")
 
 
 @dataclass
@@ -132,7 +161,7 @@ class DropAll(Strategy):
 
 
 @dataclass
-class DropMiddle(Strategy):
+class DropMiddle(KeepsPrefix):
     """Keep the prefix (prompt with the task, turns before the first frame, the first user turn and the knowledge
     turn: these tokens alone, where upstream keeps all of its cache up to the end of the frame that fed the first
     user turn) and the most recent `keep_recent` tokens."""
@@ -143,9 +172,6 @@ class DropMiddle(Strategy):
 
     def compress(self, stream: Compressible) -> None:
         stream.cache.keep(stream.cache.prefix, self.keep_recent)
-
-    def check_room(self, prefix_tokens: int, room: int) -> None:
-        self._check_prefix_room(prefix_tokens, room, "keep_recent", "the recent window")
 
 
 @dataclass
@@ -162,7 +188,7 @@ class SinkRecent(Strategy):
 
 
 @dataclass
-class AttentionScored(Strategy):
+class AttentionScored(KeepsPrefix):
     """SnapKV / H2O-style eviction: keep the prefix (as drop_middle), the observation window (the last frame fed
     and the turns after it; its last `keep` tokens if it is longer) and, up to `keep` tokens beyond the prefix, the
     earlier tokens that window's frame attended to most. A token's score is the attention the frame's tokens paid
@@ -177,6 +203,7 @@ class AttentionScored(Strategy):
     name = "attention_scored"
     position_mode = "keep"
     observes = True
+    window, window_means = "keep", "the tokens it keeps beyond it"
 
     def compress(self, stream: Compressible) -> None:
         cache = stream.cache
@@ -189,12 +216,9 @@ class AttentionScored(Strategy):
         best = torch.sort(cache.attention[earlier], descending=True, stable=True).indices[:self.keep - len(recent)]
         cache.keep(torch.cat([cache.prefix, earlier[best], recent]), 0)
 
-    def check_room(self, prefix_tokens: int, room: int) -> None:
-        self._check_prefix_room(prefix_tokens, room, "keep", "the tokens it keeps beyond it")
-
 
 @dataclass
-class RedundancyScored(Strategy):
+class RedundancyScored(KeepsPrefix):
     """TimeChat-Online / InfiniPot-V-style eviction of repeated frames: walking the cached frames oldest first,
     drop each frame whose features (those fed in its `<image>` slots, flattened) have a cosine similarity above
     `threshold` with the last frame kept before it, until the cache holds the prefix and `keep` more tokens at
@@ -207,6 +231,7 @@ class RedundancyScored(Strategy):
     threshold: float = 0.9
     name = "redundancy_scored"
     position_mode = "keep"
+    window, window_means = "keep", "the tokens it keeps beyond it"
 
     def compress(self, stream: Compressible) -> None:
         cache = stream.cache
@@ -224,9 +249,6 @@ class RedundancyScored(Strategy):
         rest = torch.arange(cache.tokens)
         rest = rest[~torch.isin(rest, torch.cat([cache.prefix, *dropped]))]
         cache.keep(torch.cat([cache.prefix, rest[max(excess, 0):]]), 0)
-
-    def check_room(self, prefix_tokens: int, room: int) -> None:
-        self._check_prefix_room(prefix_tokens, room, "keep", "the tokens it keeps beyond it")
 
 
 @dataclass
