@@ -373,8 +373,9 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
     w, h = x1 - x0, y1 - y0
     cx, cy, r = x0 + w / 2, y0 + 0.38 * h, 0.42 * w
     ring = [cx - 1.18 * r, cy - 1.18 * r, cx + 1.18 * r, cy + 1.18 * r]
+    ring_width = round(0.03 * canvas)
     if frame in (step.start, step.end):  # the moment of the action: a white ring for exactly one frame
-        draw.ellipse(ring, outline=_FLASH, width=round(0.03 * canvas))
+        draw.ellipse(ring, outline=_FLASH, width=ring_width)
     if hand is None:
         _draw_shape(draw, step.shape, cx, cy, r, COLOURS[step.colour], filled=True)
         return
@@ -383,9 +384,11 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
     _draw_shape(draw, step.shape, cx, cy, r, colour, filled=False, width=round(0.035 * canvas))
     hx, hy, hr = cx + hand[0], y0 + 0.78 * h + hand[1], 0.24 * w
     draw.ellipse([hx - hr, hy - 0.7 * hr, hx + hr, hy + 0.7 * hr], fill=_HAND)
-    if cue and frame == step.cue[0] and cue_mark == "ring":  # the moment the mistake shows: an orange ring
-        draw.ellipse(ring, outline=_WARNING, width=round(0.03 * canvas))
-    if cue and frame == step.cue[0] and cue_mark == "triangle":  # an orange triangle in the lower-left corner
+    if not cue or frame != step.cue[0]:
+        return
+    if cue_mark == "ring":  # the moment the mistake shows: an orange ring, as a step's moment shows a white one
+        draw.ellipse(ring, outline=_WARNING, width=ring_width)
+    else:  # an orange triangle in the lower-left corner
         left, base = x0 + 0.03 * w, y0 + 0.95 * h
         draw.polygon([(left, base), (left + 0.16 * w, base - 0.34 * w), (left + 0.32 * w, base)], fill=_WARNING)
 
