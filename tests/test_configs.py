@@ -109,7 +109,7 @@ def test_local_smolvlm_256m_builds_under_the_models_folder():
     assert m["backbone"] == {"source": f"{REPO}/models/smolvlm-256m-smollm2", "tiny_dir": f"{REPO}/models/tiny",
                              "architecture": None, "build": "smollm2", "attn_implementation": "prospect_sdpa"}
     assert (m["tokens_per_frame"], m["net"]["train_connector"], m["lr"]) == (4, True, 1e-3)
-    assert (m["net"]["lora_r"], m["net"]["lora_alpha"]) == (16, 32)
+    assert (m["net"]["lora_r"], m["net"]["lora_alpha"], m["net"]["lora_dropout"]) == (16, 32, 0.0)
 
 
 def test_the_default_run_is_the_pretrained_model():
@@ -197,7 +197,7 @@ def test_debug_configs_are_the_run_shrunk():
     """`+debug=fast` changes these keys of the user's run and nothing else; `+debug=default` leaves the data alone,
     so it fits data=clips."""
     base = leaves(resolved(["+experiment=perframe"]))
-    shrink = {"model.net.lora_dropout": 0.0, "stream.max_new_tokens": 4, "callbacks.streaming_validation.num_clips": 1,
+    shrink = {"stream.max_new_tokens": 4, "callbacks.streaming_validation.num_clips": 1,
               "callbacks.streaming_validation.max_new_tokens": 4}  # ${stream.max_new_tokens}
     csv = {"logger._target_": "lightning.pytorch.loggers.CSVLogger", "logger.name": "csv"}  # save_dir: the same
     data = {"data.num_videos": 3, "data.synthetic.val_videos": 1, "data.synthetic.test_videos": 2,
