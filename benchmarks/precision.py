@@ -53,8 +53,8 @@ from prospect.data.batch import Batch
 from prospect.data.clip import Clip
 from prospect.data.datamodule import ProspectDataModule
 from prospect.eval.streaming import FeatureMemo, Run, stream_runs
+from prospect.model.lit_module import ProspectLitModule
 from prospect.model.losses import total_loss
-from prospect.model.module import ProspectModule
 from prospect.stream.generator import FrameRecord, StreamingGenerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,15 +86,15 @@ def cpu_flags() -> dict:
 
 # Training
 
-def train_step(module: ProspectModule, batch: Batch, bf16: bool) -> dict[str, torch.Tensor]:
+def train_step(module: ProspectLitModule, batch: Batch, bf16: bool) -> dict[str, torch.Tensor]:
     """Forward and the losses (under bf16 autocast when asked), then backward outside autocast."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        losses = total_loss(module.model(batch), batch, module.loss_cfg)
+        losses = total_loss(module.net(batch), batch, module.loss_cfg)
     losses["total"].backward()
     return losses
 
 
-def time_training(module: ProspectModule, batches: list[Batch], bf16: bool, warmup: int, seed: int,
+def time_training(module: ProspectLitModule, batches: list[Batch], bf16: bool, warmup: int, seed: int,
                   clip_norm: float | None) -> dict:
     """`batches` as training steps from the module's current weights; the caller restores them afterwards."""
     params = [p for p in module.parameters() if p.requires_grad]

@@ -41,9 +41,9 @@ from prospect.data.synthetic import synthesize
 from prospect.model.backbone import load_backbone
 from prospect.model.factory import build_backbone
 from prospect.stream import StreamingGenerator, make_strategy
-from prospect.stream.batch import stream_batched
 from prospect.stream.cache import bytes_per_token
 from prospect.stream.generator import StreamOptions
+from prospect.stream.scheduler import stream_batched
 
 STRATEGIES = ["none", "drop_all_1k", "drop_middle_1k", "summarize_1k", "dst_state_1k", "sink_recent_1k"]
 REPO = Path(__file__).resolve().parents[1]
@@ -75,12 +75,12 @@ def naive_ms(gen: StreamingGenerator, prompt: list[int], clip, frame: int, featu
         feats.append(features(clip, f))
     from prospect.model.vision import embed_with_frames
 
-    embeds = embed_with_frames(gen.model, torch.tensor([ids]), torch.cat(feats))
+    embeds = embed_with_frames(gen.vlm, torch.tensor([ids]), torch.cat(feats))
     times = []
     with torch.no_grad():
         for _ in range(3):
             start = time.perf_counter()
-            gen.model.model.text_model(inputs_embeds=embeds)
+            gen.vlm.model.text_model(inputs_embeds=embeds)
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -110,9 +110,9 @@ def run(model_name: str, frames: int, tiny_dir: Path, data_root: Path, strategie
     clip = long_video(data_root / model_name.split()[0], frames)
     gen = silent_generator(model_name, tiny_dir, [e.text for e in clip.events])
     features = frame_features(model_name, gen, clip)
-    text = gen.model.config.text_config
+    text = gen.vlm.config.text_config
     per_token = bytes_per_token(text.num_hidden_layers, text.num_key_value_heads, text.head_dim,
-                                torch.finfo(gen.model.dtype).bits // 8)
+                                torch.finfo(gen.vlm.dtype).bits // 8)
     rows = []
     for setting in strategies:
         gen.strategy = make_strategy(setting)

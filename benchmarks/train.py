@@ -37,7 +37,7 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
     from prospect.data.sequence import SequenceBuilder
     from prospect.data.synthetic import synthesize
     from prospect.model.backbone import load_backbone
-    from prospect.model.features import FrameInputs, write_features
+    from prospect.model.features import SampleFrames, write_features
     from prospect.model.losses import LossConfig, total_loss
     from prospect.model.prospect_model import ProspectModel
 
@@ -58,7 +58,7 @@ def measure(model: str, tokens_per_frame: int, features: str, steps: int, frames
         setup = time.perf_counter() - start
     net = ProspectModel(vlm, tokens_per_frame, train_connector=False)
     builder = SequenceBuilder(tok, tokens_per_frame)
-    data = SequenceDataset(clips, builder, FrameInputs(vlm.config.vision_config.image_size, store), 1.0, "perframe", 0)
+    data = SequenceDataset(clips, builder, SampleFrames(vlm.config.vision_config.image_size, store), 1.0, "perframe", 0)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> int:

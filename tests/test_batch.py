@@ -17,9 +17,9 @@ from prospect.data.frames import write_arrow_frames
 from prospect.eval.streaming import score, stream_runs
 from prospect.model.backbone import load_backbone
 from prospect.stream import StreamingGenerator
-from prospect.stream.batch import stream_batched
 from prospect.stream.cache import AttentionError
 from prospect.stream.generator import StreamOptions
+from prospect.stream.scheduler import stream_batched
 from prospect.stream.strategies import (
     AttentionScored,
     DropAll,

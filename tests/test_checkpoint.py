@@ -2,13 +2,14 @@
 types under weights_only, loadable from any working directory, and refused on another base model or with
 weights the model does not have."""
 
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import compose_train
 
-from prospect.model.factory import CheckpointError, load_checkpoint
+from prospect.model.factory import CheckpointError, current_weight_names, load_checkpoint
 from prospect.model.tiny import build_tiny
 from prospect.train import train
 
@@ -21,10 +22,10 @@ def test_checkpoint_loads_with_weights_only(trained):
     _, metrics = trained
     ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
     loaded = load_checkpoint(metrics["checkpoint"])
-    weights = loaded.model.state_dict()
+    weights = loaded.net.state_dict()
     assert ckpt["state_dict"]
     for name, value in ckpt["state_dict"].items():
-        torch.testing.assert_close(weights[name.removeprefix("model.")], value, msg=name)
+        torch.testing.assert_close(weights[name.removeprefix("net.")], value, msg=name)
     assert loaded.config == ckpt["prospect_config"]
 
 
@@ -55,7 +56,7 @@ def test_another_base_model_is_refused(trained, tmp_path, job):
 def test_unknown_weights_are_refused(trained, tmp_path):
     tmp, metrics = trained
     ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
-    ckpt["state_dict"]["model.speaking_head.extra.weight"] = torch.zeros(1)
+    ckpt["state_dict"]["net.speaking_head.extra.weight"] = torch.zeros(1)
     torch.save(ckpt, tmp_path / "unknown.ckpt")
     with pytest.raises(CheckpointError, match=r"weights that this model does not have: \['speaking_head.extra"):
         load_checkpoint(tmp_path / "unknown.ckpt")
@@ -78,3 +79,54 @@ def test_a_checkpoint_from_before_the_renames_loads_under_the_new_names(trained,
         loaded = load_checkpoint(tmp_path / "old.ckpt")
     current = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)["prospect_config"]
     assert loaded.config == current
+
+
+def _old_weight_name(name: str) -> str:
+    """How checkpoints named a weight before issue #25 (the module's `model`, the network's `backbone`, a head's
+    `net`)."""
+    return "model." + name.removeprefix("net.").replace("peft_model.", "backbone.", 1).replace("_head.layers.",
+                                                                                                "_head.net.")
+
+
+@pytest.mark.parametrize("job", ["load", "test"])
+def test_a_checkpoint_from_before_the_weight_renames_loads_the_same_weights(trained, tmp_path, job):
+    """Issue #25 renamed the Lightning module's `model` to `net` and the network's `backbone` to `peft_model`:
+    a checkpoint written before loads every weight under its new name, with a warning, on both paths (our
+    loader, and Lightning's non-strict one when testing or resuming)."""
+    tmp, metrics = trained
+    ckpt = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
+    new = ckpt["state_dict"]
+    assert any(".peft_model." in n for n in new) and any("_head.layers." in n for n in new)
+    assert all(n.startswith("net.") for n in new)
+    ckpt["state_dict"] = {_old_weight_name(n): t for n, t in new.items()}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    if job == "load":
+        with pytest.warns(UserWarning, match=r"old.ckpt: written before the weights' names changed"):
+            weights = load_checkpoint(tmp_path / "old.ckpt").net.state_dict()
+        for name, value in new.items():
+            torch.testing.assert_close(weights[name.removeprefix("net.")], value, rtol=0, atol=0, msg=name)
+        return
+    results = {}
+    for name in ("old", "new"):
+        path = tmp_path / "old.ckpt" if name == "old" else metrics["checkpoint"]
+        run = compose_train(tmp_path, [*SHORT, f"data.root={tmp / 'data'}", f"model.backbone.tiny_dir={tmp / 'tiny'}",
+                                       "train=false", "test=true", f"ckpt_path={path}"], run=name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results[name] = train(run)
+        assert any("written before the weights' names changed" in str(w.message) for w in caught) == (name == "old")
+    assert results["old"]["test/loss"] == results["new"]["test/loss"]
+
+
+def test_an_exports_weights_from_before_the_renames_read_under_todays_names():
+    """An exported folder's weight file names its weights without the module's prefix."""
+    t = torch.zeros(1)
+    old = {"backbone.base_model.model.model.connector.modality_projection.proj.weight": t,
+           "speaking_head.net.1.weight": t, "dst_head.net.3.bias": t}
+    with pytest.warns(UserWarning, match=r"x.safetensors: written before the weights' names changed"):
+        new = current_weight_names(old, "x.safetensors")
+    assert list(new) == ["peft_model.base_model.model.model.connector.modality_projection.proj.weight",
+                         "speaking_head.layers.1.weight", "dst_head.layers.3.bias"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert current_weight_names(new, "y") == new  # today's names: unchanged, no warning

@@ -1,6 +1,6 @@
 """Data parallel on CPU (gloo, 2 processes): a rank whose batches hold no positive frame must neither hang nor
 drift from its peer; streaming validation shards its clips over the ranks and scores them together; each epoch
-trains in a new order on every rank. The first test drives the real Lightning Trainer over ProspectModule with
+trains in a new order on every rank. The first test drives the real Lightning Trainer over ProspectLitModule with
 hand-made per-rank batches; the second runs `train.py trainer=ddp` as users do. FSDP is refused up front."""
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from prospect.eval.callback import _in_clip_order
 from prospect.eval.encoder import load_encoder
 from prospect.eval.streaming import evaluate
 from prospect.model.backbone import load_backbone
+from prospect.model.lit_module import ProspectLitModule
 from prospect.model.losses import LossConfig
-from prospect.model.module import ProspectModule
 from prospect.model.prospect_model import ProspectModel
 from prospect.model.vision import pixels
 from prospect.stream.generator import StreamingGenerator
@@ -75,11 +75,11 @@ class PerRankData(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader()
 
-    def set_epoch(self, epoch: int) -> None:  # ProspectModule calls it each epoch; nothing is re-drawn here
+    def set_epoch(self, epoch: int) -> None:  # ProspectLitModule calls it each epoch; nothing is re-drawn here
         pass
 
 
-def _checksum(module: ProspectModule) -> str:
+def _checksum(module: ProspectLitModule) -> str:
     """sha256 over the bytes of every trained parameter, in name order."""
     h = hashlib.sha256()
     for name, p in sorted((n, p) for n, p in module.named_parameters() if p.requires_grad):
@@ -122,7 +122,7 @@ def test_ddp_rank_without_positive_frames(tiny_dir, tmp_path, case):
     per_rank = [[_sample(builder, size, 0), _sample(builder, size, 1)],
                 [_sample(builder, size, 2 + i, **kw) for i, kw in enumerate(RANK1_BATCHES[case])]]
     assert not any(s.seq.speaking[i] or s.seq.dst_update[i] for s in per_rank[1] for i in range(3))
-    module = ProspectModule(ProspectModel(vlm, 4, train_connector=True), LossConfig(),
+    module = ProspectLitModule(ProspectModel(vlm, 4, train_connector=True), LossConfig(),
                             partial(torch.optim.AdamW, lr=1e-3))
     trainer = L.Trainer(
         accelerator="cpu", devices=2, precision="32-true", max_epochs=1, gradient_clip_val=1.0,
@@ -140,7 +140,7 @@ def test_ddp_rank_without_positive_frames(tiny_dir, tmp_path, case):
     # epoch metrics that sync across ranks (torchmetrics) must agree; ModelCheckpoint monitors one of them
     for key in ("val/speaking_auroc", "val/dst_update_auroc", "train/speaking_auroc"):
         assert math.isfinite(rank0["metrics"][key]) and rank0["metrics"][key] == rank1["metrics"][key], key
-    for key in ("train/loss_epoch", "val/loss"):  # per-rank values (see ProspectModule._step)
+    for key in ("train/loss_epoch", "val/loss"):  # per-rank values (see ProspectLitModule._step)
         assert math.isfinite(rank0["metrics"][key]) and math.isfinite(rank1["metrics"][key]), key
 
 

@@ -69,13 +69,13 @@ def test_inference_folds_the_adapter_and_streams_as_the_training_model(trained):
     clip = load_clips(tmp / "data" / "test.jsonl")[0]
     kwargs = {"speaking_threshold": 0.0, "dst_update_threshold": 0.0, "max_new_tokens": 6}
     folded = StreamingGenerator.from_pretrained(metrics["checkpoint"], **kwargs)
-    lora = [m for m in folded.model.modules() if isinstance(m, BaseTunerLayer)]
+    lora = [m for m in folded.vlm.modules() if isinstance(m, BaseTunerLayer)]
     assert lora and all(m.merged for m in lora)
     ckpt = load_checkpoint(metrics["checkpoint"])
-    net = ckpt.model.eval()
+    net = ckpt.net.eval()
     apart = StreamingGenerator(net.vlm, ckpt.tokenizer, net.tokens_per_frame, net.speaking_head, net.dst_head,
                                system_prompt=ckpt.config["model"].get("system_prompt"), **kwargs)
-    assert not any(m.merged for m in apart.model.modules() if isinstance(m, BaseTunerLayer))
+    assert not any(m.merged for m in apart.vlm.modules() if isinstance(m, BaseTunerLayer))
     got, want = _records(folded, clip), _records(apart, clip)
     for g, w in zip(got, want, strict=True):
         assert (g.speaking_prob, g.dst_update_prob) == pytest.approx((w.speaking_prob, w.dst_update_prob), abs=1e-5)
@@ -88,13 +88,13 @@ def test_one_loader_takes_a_checkpoint_or_an_exported_directory(trained, exporte
     from the checkpoint file or either exported directory (a merged one too: its heads are ProspectModel's)."""
     _, metrics = trained
     state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-    heads = {k.removeprefix("model."): v for k, v in state.items() if k.startswith(("model.speaking_head.",
-                                                                                     "model.dst_head."))}
+    heads = {k.removeprefix("net."): v for k, v in state.items() if k.startswith(("net.speaking_head.",
+                                                                                 "net.dst_head."))}
     assert heads
     for path in (metrics["checkpoint"], exported["adapter"], exported["merged"]):
         loaded = load_trained(path)
-        assert isinstance(loaded.model, ProspectModel), path
-        weights = loaded.model.state_dict()
+        assert isinstance(loaded.net, ProspectModel), path
+        weights = loaded.net.state_dict()
         for name, value in heads.items():
             torch.testing.assert_close(weights[name], value, rtol=0, atol=0)
     assert load_trained(exported["adapter"]).thresholds["drop_middle_1k"] == {"speaking": 0.5, "dst_update": 0.3}
@@ -125,7 +125,7 @@ def test_peft_loads_the_adapter_and_merging_keeps_the_logits(exported):
     peft = PeftModel.from_pretrained(base, exported["adapter"]).eval()
     ids = torch.tensor([tokenizer("Next, place the blue square. S1->start")["input_ids"]])
     reference = _text_logits(peft, ids)
-    assert (reference - _text_logits(ours.model.vlm, ids)).abs().max() < 1e-5
+    assert (reference - _text_logits(ours.net.vlm, ids)).abs().max() < 1e-5
     with peft.disable_adapter():
         assert (reference - _text_logits(peft, ids)).abs().max() > 1e-3  # the adapter changes the logits
     merged = SmolVLMForConditionalGeneration.from_pretrained(exported["merged"]).eval()

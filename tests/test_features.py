@@ -18,7 +18,7 @@ from prospect.data.sequence import SequenceBuilder
 from prospect.data.synthetic import synthesize
 from prospect.evaluate import run_eval
 from prospect.model.backbone import load_backbone
-from prospect.model.features import FeatureStore, FrameInputs, feature_identity, write_features
+from prospect.model.features import FeatureStore, SampleFrames, feature_identity, write_features
 from prospect.model.prospect_model import ProspectModel
 from prospect.model.tiny import build_tiny
 from prospect.stream import StreamingGenerator
@@ -39,8 +39,8 @@ def test_training_logits_equal_with_cached_features(tiny_dir, cached):
     clips, store = cached
     vlm, tok = load_backbone(str(tiny_dir))
     builder, size = SequenceBuilder(tok, TPF), vlm.config.vision_config.image_size
-    raw = SequenceDataset(clips, builder, FrameInputs(size), 1.0, "perframe", 0)
-    from_store = SequenceDataset(clips, builder, FrameInputs(size, store), 1.0, "perframe", 0)
+    raw = SequenceDataset(clips, builder, SampleFrames(size), 1.0, "perframe", 0)
+    from_store = SequenceDataset(clips, builder, SampleFrames(size, store), 1.0, "perframe", 0)
     a = collate([raw[0], raw[1]], tok.pad_token_id)
     b = collate([from_store[0], from_store[1]], tok.pad_token_id)
     assert b.pixel_values.numel() == 0 and b.frame_features.shape == (a.pixel_values.shape[0], TPF, 128)

@@ -1,14 +1,14 @@
 """The KV store directly (stream/cache.py): keeping a row's tokens leaves exactly the kept keys and values, in
 order, and no other row's; growing the capacity keeps what is stored; rows appended in one pass hold what each
-holds appended alone. And the packing of the streams' chunks into forward passes (stream/batch.py), against
+holds appended alone. And the packing of the streams' chunks into forward passes (stream/scheduler.py), against
 hand-worked groupings. Tiny model, fp32."""
 
 import pytest
 import torch
 
 from prospect.model.backbone import load_backbone
-from prospect.stream.batch import TorchMode, _passes
 from prospect.stream.cache import CACHE_ARG, CacheState, KVStore
+from prospect.stream.scheduler import TorchMode, _passes
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from test_sequence import hand_clip
 from prospect.data.batch import Sample, collate
 from prospect.data.sequence import SequenceBuilder, decision_mask
 from prospect.model.backbone import architecture_config, load_backbone
+from prospect.model.hashing import fingerprint
 from prospect.model.heads import BinaryHead
 from prospect.model.losses import LossConfig, binary_loss, total_loss
 from prospect.model.prospect_model import ProspectModel
@@ -103,7 +104,7 @@ def test_focal_and_plain_bce_hand_worked():
 def test_mlp_head_hand_worked():
     head = BinaryHead(2, "mlp", mlp_hidden=2)
     with torch.no_grad():
-        first, last = head.net[0], head.net[3]
+        first, last = head.layers[0], head.layers[3]
         first.weight.copy_(torch.eye(2)), first.bias.zero_()
         last.weight.copy_(torch.tensor([[1.0, -1.0]])), last.bias.fill_(0.5)
     gelu = lambda x: x * 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
@@ -166,3 +167,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_base_fingerprint_keeps_the_names_checkpoints_were_written_with(tiny_dir):
+    """Checkpoints and exports store the fingerprint of the frozen weights, named as the network named them before
+    issue #25 (`backbone.base_model.model...`); renaming the attribute to `peft_model` must not change it, or every
+    earlier checkpoint would be refused as trained on another base model."""
+    vlm, _ = load_backbone(str(tiny_dir))
+    net = ProspectModel(vlm, 4)
+    frozen = [(n, p) for n, p in net.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith("peft_model.") for n, _ in frozen)
+    before = fingerprint(("backbone." + n.removeprefix("peft_model."), p) for n, p in frozen)
+    assert net.base_fingerprint() == before
+    assert fingerprint(frozen) != before  # the names count: the old ones are what keeps earlier fingerprints

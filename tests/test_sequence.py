@@ -147,15 +147,15 @@ def test_negative_subsampling(tokenizer):
 
 def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
     from prospect.data.datamodule import SequenceDataset
-    from prospect.model.features import FrameInputs
+    from prospect.model.features import SampleFrames
 
     clips = [hand_clip() for _ in range(40)]
     for k, clip in enumerate(clips):
         clip.id, clip.video.end_frame = f"hand/{k}", 100
     b = SequenceBuilder(tokenizer, 2)
     limit = len(b.build(clips[0])[0]) * 3 // 4  # half of it still holds the prompt and the frames up to the reply
-    whole = SequenceDataset(clips, b, FrameInputs(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.0)
-    half = SequenceDataset(clips, b, FrameInputs(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.5)
+    whole = SequenceDataset(clips, b, SampleFrames(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.0)
+    half = SequenceDataset(clips, b, SampleFrames(32), 1.0, "perframe", seed=0, restart_len=limit, restart_share=0.5)
     cut = {clips[c].id for c, seq in half.items if len(seq) <= limit}
     assert len(whole) == 40 and 10 < len(cut) < 30  # about half the clips, each cut into several sequences
     # each cut clip as one of the two restarts leaves the cache: summarize's parts end with a summary
@@ -170,7 +170,7 @@ def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
     assert all(len(seq) <= limit for c, seq in half.items if clips[c].id in cut)
     # clips cut only for being longer than the builder's max_seq_len (as upstream's long files are) keep upstream's
     # layout: each part but the last ends with a summary
-    long = SequenceDataset(clips, SequenceBuilder(tokenizer, 2, max_seq_len=limit), FrameInputs(32), 1.0, "perframe",
+    long = SequenceDataset(clips, SequenceBuilder(tokenizer, 2, max_seq_len=limit), SampleFrames(32), 1.0, "perframe",
                            seed=0, restart_len=limit, restart_share=0.0)
     parts = {}
     for c, seq in long.items:

@@ -52,7 +52,7 @@ def any_gen(backbone_dir):
 
 
 def frame_features(gen, clip, frames):
-    return encode_frames(gen.model, pixels([clip.frame(f) for f in frames], gen.image_size), TPF)
+    return encode_frames(gen.vlm, pixels([clip.frame(f) for f in frames], gen.image_size), TPF)
 
 
 def chunks(gen, clip):
@@ -83,9 +83,9 @@ def compressions_by_hand(stream, clip, records) -> int:
 def full_forward(gen, ids, feats, mask=None):
     """Hidden states of one forward pass over the whole sequence at positions 0.. (optionally a 4D mask)."""
     input_ids = torch.tensor([ids])
-    embeds = embed_with_frames(gen.model, input_ids, feats)
+    embeds = embed_with_frames(gen.vlm, input_ids, feats)
     with torch.no_grad():
-        return gen.model.model.text_model(inputs_embeds=embeds, attention_mask=mask,
+        return gen.vlm.model.text_model(inputs_embeds=embeds, attention_mask=mask,
                                           position_ids=torch.arange(len(ids))[None]).last_hidden_state[0]
 
 
@@ -105,20 +105,20 @@ def test_none_equals_one_full_forward(any_gen, clip):
     torch.testing.assert_close(torch.tensor([r.speaking_prob for r in records]), speaking, atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.tensor([r.dst_update_prob for r in records]), dst, atol=1e-4, rtol=0)
     # and the LM logits after every frame, through the cache state's own append()
-    cache = CacheState(gen.model)
+    cache = CacheState(gen.vlm)
     cache.restart(prompt)
     fed = torch.stack([cache.append(c, frame_features(gen, clip, [f])) for f, c in zip(clip.frame_indices,
                                                                                       chunks(gen, clip), strict=True)])
-    torch.testing.assert_close(gen.model.lm_head(fed), gen.model.lm_head(hidden), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gen.vlm.lm_head(fed), gen.vlm.lm_head(hidden), atol=1e-4, rtol=1e-4)
     assert records[-1].cache_tokens == len(ids) and records[-1].positions == (0, len(ids) - 1)
 
 
 def test_text_only_greedy_equals_model_generate(any_gen):
     gen = any_gen
     prompt = torch.randint(10, len(gen.tokenizer), (23,)).tolist()
-    cache = CacheState(gen.model)  # a fresh cache with the prompt, then greedy decoding (as model.generate would)
+    cache = CacheState(gen.vlm)  # a fresh cache with the prompt, then greedy decoding (as model.generate would)
     ours = gen.decoder.generate(cache, cache.restart(prompt), max_new_tokens=30)
-    ref = gen.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+    ref = gen.vlm.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              do_sample=False, max_new_tokens=30, eos_token_id=gen.builder.end_of_turn_id,
                              pad_token_id=gen.tokenizer.pad_token_id)[0, len(prompt):].tolist()
     assert ours == ref
@@ -131,7 +131,7 @@ def _feed_all(gen, cache, clip, frames):
 def test_keep_equals_full_forward_with_dropped_tokens_masked(any_gen, clip):
     gen = any_gen
     prompt = gen.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"})
-    cache = CacheState(gen.model)
+    cache = CacheState(gen.vlm)
     cache.restart(prompt)
     _feed_all(gen, cache, clip, range(0, 30))
     before = cache.tokens
@@ -145,7 +145,7 @@ def test_keep_equals_full_forward_with_dropped_tokens_masked(any_gen, clip):
     mask = torch.zeros(1, 1, total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
     hidden = full_forward(gen, ids, frame_features(gen, clip, range(36)), mask)
     ends = (torch.tensor([len(c) for c in chunks(gen, clip)[30:36]]).cumsum(0) + before - 1)
-    torch.testing.assert_close(gen.model.lm_head(new), gen.model.lm_head(hidden[ends]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gen.vlm.lm_head(new), gen.vlm.lm_head(hidden[ends]), atol=1e-4, rtol=1e-4)
     assert cache.positions.max() == total - 1, "keep continues the original numbering"
 
 
@@ -154,7 +154,7 @@ def test_rerotate_equals_keep_when_dropping_a_prefix(backbone_dir, clip):
     for rerotate in (False, True):
         vlm, tok = load_backbone(str(backbone_dir))
         g = StreamingGenerator.untrained(vlm, tok, TPF)
-        cache = CacheState(g.model)
+        cache = CacheState(g.vlm)
         cache.restart(g.builder.prompt_ids(clip.task, {"S1": "not_started", "S2": "not_started"}))
         _feed_all(g, cache, clip, range(0, 25))
         cache.keep(torch.arange(0), recent=90)
@@ -238,7 +238,7 @@ def test_untrained_heads_only_when_asked_for_by_name(tiny_dir):
         StreamingGenerator(vlm, tok, TPF)
     gen = StreamingGenerator.untrained(vlm, tok, TPF)
     hidden = vlm.config.text_config.hidden_size
-    assert gen.speaking_head.net[-1].in_features == gen.dst_head.net[-1].in_features == hidden
+    assert gen.speaking_head.layers[-1].in_features == gen.dst_head.layers[-1].in_features == hidden
 
 
 def test_named_settings():

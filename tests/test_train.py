@@ -94,9 +94,9 @@ def test_streaming_generator_loads_a_checkpoint(trained):
     tmp, metrics = trained
     gen = StreamingGenerator.from_pretrained(metrics["checkpoint"], setting="drop_middle_1k", max_new_tokens=4)
     state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    torch.testing.assert_close(gen.speaking_head.net[1].weight, state["model.speaking_head.net.1.weight"])
+    torch.testing.assert_close(gen.speaking_head.layers[1].weight, state["net.speaking_head.layers.1.weight"])
     lora = next(k for k in state if "lora_B" in k)
-    torch.testing.assert_close(gen.model.get_submodule(lora[len("model.backbone.base_model.model."):
+    torch.testing.assert_close(gen.vlm.get_submodule(lora[len("net.peft_model.base_model.model."):
                                                             -len(".weight")]).weight, state[lora])
     clip = load_clips(tmp / "data" / "test.jsonl")[0]
     records = list(gen.stream(clip))

@@ -61,9 +61,9 @@ def by_hand(gen, clip, threshold: int, keep):
 def reference_speaking(gen, clip, ids, positions, allowed, ends):
     """Speaking probabilities at each frame's last token from one forward pass at the given positions."""
     mask = torch.zeros(1, 1, *allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    embeds = embed_with_frames(gen.model, torch.tensor([ids]), frame_features(gen, clip, clip.frame_indices))
+    embeds = embed_with_frames(gen.vlm, torch.tensor([ids]), frame_features(gen, clip, clip.frame_indices))
     with torch.no_grad():
-        hidden = gen.model.model.text_model(inputs_embeds=embeds, attention_mask=mask,
+        hidden = gen.vlm.model.text_model(inputs_embeds=embeds, attention_mask=mask,
                                             position_ids=torch.tensor([positions])).last_hidden_state[0]
         return torch.sigmoid(gen.speaking_head(hidden[ends]))
 

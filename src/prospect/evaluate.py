@@ -43,7 +43,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         datamodule.prepare_data()
     encoder = load_encoder(cfg.encoder, cfg.paths.models_dir)
     # None: frames are encoded (opened on the float32 model, whose fingerprint the store records)
-    store = open_feature_store(datamodule.feature_store, generator.model, generator.tokens_per_frame)
+    store = open_feature_store(datamodule.feature_store, generator.vlm, generator.tokens_per_frame)
     generator.to(dtype=stream_dtype(cfg.stream.dtype))
     settings = stream_settings(cfg.stream)
     window = tuple(cfg.window) if cfg.window else None

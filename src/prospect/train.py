@@ -24,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from prospect.data.datamodule import ProspectDataModule
 from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT, PROMPT_WORDS
 from prospect.model.factory import build_model
-from prospect.model.features import FrameInputs, open_feature_store
-from prospect.model.module import ProspectModule
+from prospect.model.features import SampleFrames, open_feature_store
+from prospect.model.lit_module import ProspectLitModule
 
 
-def build(cfg: DictConfig) -> tuple[ProspectModule, ProspectDataModule]:
+def build(cfg: DictConfig) -> tuple[ProspectLitModule, ProspectDataModule]:
     """The LightningModule and DataModule a config describes (data generated, tiny model built if needed)."""
     datamodule = instantiate(cfg.data)
     with _lock(Path(cfg.data.root).parent / ".prospect-prepare.lock"):  # SLURM starts all ranks at once
@@ -38,16 +38,16 @@ def build(cfg: DictConfig) -> tuple[ProspectModule, ProspectDataModule]:
         prompt = cfg.model.system_prompt or DEFAULT_SYSTEM_PROMPT
         corpus = chain(datamodule.corpus(), [prompt], PROMPT_WORDS)  # read only if built
     with _lock(Path(cfg.model.backbone.tiny_dir).parent / ".prospect-tiny.lock"):
-        model, tokenizer = build_model(cfg.model, corpus)
+        net, tokenizer = build_model(cfg.model, corpus)
     if datamodule.feature_store and cfg.model.net.train_connector:
         raise ValueError(f"data.feature_store={datamodule.feature_store}: cached frame features need the connector "
                          "frozen (model.net.train_connector=false)")
-    vlm, tokens_per_frame = model.vlm, cfg.model.tokens_per_frame
+    vlm, tokens_per_frame = net.vlm, cfg.model.tokens_per_frame
     store = open_feature_store(datamodule.feature_store, vlm, tokens_per_frame)
-    frames = FrameInputs(vlm.config.vision_config.image_size, store)
+    frames = SampleFrames(vlm.config.vision_config.image_size, store)
     datamodule.attach(tokenizer, tokens_per_frame, frames, cfg.model.system_prompt,
                       max_positions=vlm.config.text_config.max_position_embeddings)
-    module = ProspectModule(model, instantiate(cfg.loss), instantiate(cfg.optimizer),
+    module = ProspectLitModule(net, instantiate(cfg.loss), instantiate(cfg.optimizer),
                             instantiate(cfg.scheduler) if cfg.get("scheduler") else None, config=_run_config(cfg))
     return module, datamodule
 

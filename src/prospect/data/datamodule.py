@@ -25,7 +25,7 @@ from prospect.data.splits import whole_videos
 
 SPLITS = ("train", "val", "test")
 # (clip, frame indices) -> (pixel values [F, 3, S, S] or empty, frame features [F, tokens_per_frame, H] or None):
-# how the model takes frames (prospect.model.features.FrameInputs)
+# how the model takes frames (prospect.model.features.SampleFrames)
 FrameReader = Callable[[Clip, list[int]], tuple[Tensor, Tensor | None]]
 
 

@@ -82,7 +82,7 @@ class StreamingValidation(L.Callback):
 
     def _stream(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, list[StreamedClip]]:
         """Streams this rank's share of the clips (every world_size-th); returns every rank's, in clip order."""
-        net, builder = pl_module.model, trainer.datamodule.builder
+        net, builder = pl_module.net, trainer.datamodule.builder
         generator = StreamingGenerator(net.vlm, builder.tokenizer, net.tokens_per_frame, net.speaking_head,
                                        net.dst_head, system_prompt=builder.system_prompt,
                                        max_new_tokens=self.max_new_tokens, max_summary_tokens=self.max_summary_tokens)

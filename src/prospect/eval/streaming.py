@@ -27,8 +27,8 @@ from prospect.eval.content import content_scores
 from prospect.eval.dst_metrics import reference_states, state_accuracy, update_similarity
 from prospect.eval.matching import Similarity, Turns, VideoMatch, aggregate, match_video, window_for
 from prospect.model.features import FeatureStore
-from prospect.stream.batch import stream_batched
 from prospect.stream.generator import FrameRecord, StreamingGenerator, StreamOptions
+from prospect.stream.scheduler import stream_batched
 from prospect.stream.strategies import make_strategy
 
 Thresholds = tuple[float, float]  # (speaking, dst_update)
@@ -123,7 +123,7 @@ def stream_runs(generator: StreamingGenerator, clips: Sequence[Clip], runs: Sequ
                 memo: FeatureMemo | None = None, desc: str = "streaming", store: FeatureStore | None = None,
                 batch_size: int = 1) -> dict[Run, list[StreamedClip]]:
     """Stream every clip at every run (setting and thresholds), `batch_size` streams at a time
-    (stream.batch.stream_batched; one progress bar counts frames): {run: one StreamedClip per clip, in clip
+    (stream.scheduler.stream_batched; one progress bar counts frames): {run: one StreamedClip per clip, in clip
     order}. A stream whose budget cannot hold its strategy's keep and a frame ends there, saying why
     (`does_not_fit`), and the others go on. A given `memo` is kept (reuse it across calls on the same clips);
     otherwise frame features come from `store` when given, else from the vision encoder, and a video's are

@@ -7,6 +7,7 @@ Checkpoints are read with `torch.load(..., weights_only=True)`: they hold tensor
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,11 @@ from prospect.model.backbone import load_backbone
 from prospect.model.prospect_model import ProspectModel
 from prospect.model.smollm2 import build_smolvlm_256m_local, fetch_gguf
 
-PREFIX = "model."  # ProspectModule holds the model as `model`: its checkpoints' weight names start so
+PREFIX = "net."  # ProspectLitModule holds the network as `net`: its checkpoints' weight names start so
+# weight names renamed since checkpoints (the module's prefix first) and exports (none) were first written
+# (issue #25: one meaning per name), same tensors: (pattern, replacement), applied in order
+RENAMED_WEIGHTS = [(r"^model\.backbone\.", "net.peft_model."), (r"^model\.", "net."), (r"^backbone\.", "peft_model."),
+                   (r"(^|\.)(speaking_head|dst_head)\.net\.", r"\1\2.layers.")]
 
 
 class CheckpointError(ValueError):
@@ -34,7 +39,7 @@ class TrainedModel:
     """A trained model as loaded back: from a training checkpoint (load_checkpoint) or an exported folder
     (pretrained.load_exported)."""
 
-    model: ProspectModel  # the base model the training config names, its trained weights loaded
+    net: ProspectModel  # the base model the training config names, its trained weights loaded
     tokenizer: PreTrainedTokenizerBase
     config: dict[str, Any]  # the training run's resolved config
     # thresholds calibrated per stream setting, {"none": {"speaking": p, "dst_update": p}} (exported folders)
@@ -82,10 +87,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", attn_i
     if backbone["source"] == "tiny" and not (Path(backbone["tiny_dir"]) / "config.json").exists():
         raise CheckpointError(f"{path}: trained on the tiny model at {backbone['tiny_dir']}, which is not there; "
                               "a checkpoint holds only what trains and needs the very base model it was trained on")
-    model, tokenizer = build_model(with_attention(config["model"], attn_implementation))
-    check_checkpoint(ckpt, model, path, backbone)
-    model.load_state_dict(_trained_weights(ckpt), strict=False)
-    return TrainedModel(model.to(device), tokenizer, config)
+    net, tokenizer = build_model(with_attention(config["model"], attn_implementation))
+    ckpt["state_dict"] = current_weight_names(ckpt["state_dict"], path)
+    check_checkpoint(ckpt, net, path, backbone)
+    net.load_state_dict(_trained_weights(ckpt), strict=False)
+    return TrainedModel(net.to(device), tokenizer, config)
 
 
 # config keys renamed since checkpoints were first written (issue #13: one meaning per name), same values
@@ -104,18 +110,31 @@ def _current_names(config: dict, path: str | Path) -> dict:
     return config
 
 
-def check_checkpoint(ckpt: Mapping[str, Any], model: ProspectModel, source: str | Path | None,
+def current_weight_names(weights: dict[str, Tensor], path: str | Path | None) -> dict[str, Tensor]:
+    """An older checkpoint's (or export's) weights under today's names, the rename said in a warning."""
+    renamed = {}
+    for name, tensor in weights.items():
+        for pattern, replacement in RENAMED_WEIGHTS:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = tensor
+    if renamed.keys() != weights.keys():
+        warnings.warn(f"{path}: written before the weights' names changed (issue #25); read under today's",
+                      stacklevel=3)
+    return renamed
+
+
+def check_checkpoint(ckpt: Mapping[str, Any], net: ProspectModel, source: str | Path | None,
                      backbone: Mapping[str, Any] | None = None) -> None:
-    """Refuse a checkpoint trained on another base model than `model`'s (`backbone`: its config, named in the
-    message), or holding weights that `model` does not have; loading is not strict, so both would pass silently."""
+    """Refuse a checkpoint trained on another base model than `net`'s (`backbone`: its config, named in the
+    message), or holding weights that `net` does not have; loading is not strict, so both would pass silently."""
     if "base_fingerprint" not in ckpt:
         raise CheckpointError(f"{source}: no base_fingerprint: not a checkpoint of prospect's training")
-    if ckpt["base_fingerprint"] != model.base_fingerprint():
+    if ckpt["base_fingerprint"] != net.base_fingerprint():
         this = f"{backbone['source']}, tiny_dir {backbone.get('tiny_dir')}" if backbone else "this one"
         raise CheckpointError(f"{source}: trained on a base model with other weights than the one loaded now "
                               f"({this}); the checkpoint only stores what trains, so it needs the very base model "
                               "it was trained on")
-    unknown = set(_trained_weights(ckpt)) - set(model.state_dict())
+    unknown = set(_trained_weights(ckpt)) - set(net.state_dict())
     if unknown:
         raise CheckpointError(f"{source}: checkpoint weights that this model does not have: {sorted(unknown)[:3]}")
 

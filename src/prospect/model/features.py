@@ -6,7 +6,7 @@ The store records the identity of what produced it (a fingerprint of the vision 
 tokens per frame, image size, hidden size); opening it for another model or other settings is refused. It also
 records each video's frames file size and modification time: frames rewritten since (regenerated synthetic data,
 say) are refused instead of silently read with stale features.
-`python -m prospect.data features CLIPS... --out DIR --model ...` writes one. `FrameInputs` hands the
+`python -m prospect.data features CLIPS... --out DIR --model ...` writes one. `SampleFrames` hands the
 datamodule either the store's features or the pixels to encode, so that data/ needs no model code.
 """
 
@@ -131,7 +131,7 @@ def open_feature_store(path: str | Path | None, vlm, tokens_per_frame: int) -> F
     return FeatureStore(path, feature_identity(vlm, tokens_per_frame)) if path else None
 
 
-class FrameInputs:
+class SampleFrames:
     """What the model takes for a clip's frames, as the datamodule's samples carry them: the pixel values to
     encode, or, with a feature store, no pixels and the stored features. A class (not a closure) so that
     DataLoader workers can pickle it."""

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from prospect.data.sequence import DEFAULT_SYSTEM_PROMPT
 from prospect.model.backbone import load_backbone
-from prospect.model.factory import TrainedModel, build_model, load_checkpoint, with_attention
+from prospect.model.factory import TrainedModel, build_model, current_weight_names, load_checkpoint, with_attention
 from prospect.model.hashing import file_sha256
 from prospect.model.prospect_model import ProspectModel
 
@@ -52,18 +52,18 @@ def export(ckpt: TrainedModel, out: str | Path, *, merge: bool = False,
     stream setting become the exported model's defaults. The checkpoint's model is changed in place when merging."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    net = ckpt.model
+    net = ckpt.net
     trained = {n: p for n, p in net.named_parameters() if p.requires_grad}
     # the heads, and the connector when it trained, unless merged: the merged model holds the connector itself
     extra = {n: p for n, p in trained.items() if n.startswith(_HEADS) or not merge and ".connector." in n}
     save_file({n: t.detach().contiguous().cpu() for n, t in extra.items()}, out / WEIGHTS, metadata={"format": "pt"})
     if merge:
         base_fingerprint = None  # the base model is in `out`
-        net.backbone.merge_and_unload().save_pretrained(out)
+        net.peft_model.merge_and_unload().save_pretrained(out)
     else:
         base_fingerprint = net.base_fingerprint()
         # the embeddings are the base model's (frozen): "auto" would look the base model up on the hub
-        net.backbone.save_pretrained(out, save_embedding_layers=False)
+        net.peft_model.save_pretrained(out, save_embedding_layers=False)
     ckpt.tokenizer.save_pretrained(out)
     model_cfg = ckpt.config["model"]
     meta = {
@@ -116,8 +116,8 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu", base: st
             raise PretrainedError(f"{path}: exported for a base model with other weights than "
                                   f"{model_cfg['backbone']['source']} (fingerprint {net.base_fingerprint()}, "
                                   f"expected {meta['base_fingerprint']}); the adapter needs the very base model")
-        _load_adapter(net.backbone, load_file(path / ADAPTER), path)
-    weights = load_file(path / WEIGHTS)
+        _load_adapter(net.peft_model, load_file(path / ADAPTER), path)
+    weights = current_weight_names(load_file(path / WEIGHTS), path / WEIGHTS)
     unknown = set(weights) - set(net.state_dict())
     if unknown:
         raise PretrainedError(f"{path / WEIGHTS}: weights this model does not have: {sorted(unknown)[:3]}")

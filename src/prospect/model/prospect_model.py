@@ -33,6 +33,9 @@ class ProspectOutput:
     dst_gen_logits: Tensor  # [G, V] at the positions whose next token is learned DST text
 
 
+LEGACY_PREFIX = "backbone."  # what the frozen weights' names in a base fingerprint start with (base_fingerprint)
+
+
 class ProspectModel(nn.Module):
     def __init__(
         self,
@@ -53,8 +56,8 @@ class ProspectModel(nn.Module):
         self.tokens_per_frame = tokens_per_frame
         if gradient_checkpointing:
             vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.backbone = get_peft_model(vlm, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                                        target_modules=lora_target_modules))
+        self.peft_model = get_peft_model(vlm, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                                          target_modules=lora_target_modules))
         for p in self.vlm.model.connector.parameters():
             p.requires_grad_(train_connector)
         hidden = vlm.config.text_config.hidden_size
@@ -65,11 +68,13 @@ class ProspectModel(nn.Module):
     @property
     def vlm(self) -> SmolVLMForConditionalGeneration:
         """The underlying transformers model (LoRA layers injected in place)."""
-        return self.backbone.base_model.model
+        return self.peft_model.base_model.model
 
     def base_fingerprint(self) -> str:
-        """Identity of the frozen weights, which checkpoints do not hold (see hashing.fingerprint)."""
-        return fingerprint((n, p) for n, p in self.named_parameters() if not p.requires_grad)
+        """Identity of the frozen weights, which checkpoints do not hold (see hashing.fingerprint). They are named
+        as before issue #25 renamed `backbone` to `peft_model`, so that earlier checkpoints and exports still match."""
+        return fingerprint((f"{LEGACY_PREFIX}{n}", p) for n, p in self.peft_model.named_parameters()
+                           if not p.requires_grad)
 
     @property
     def text_model(self) -> nn.Module:

@@ -114,13 +114,13 @@ class _Pass:
 class KVStore(Cache):
     """Keys and values of `rows` streams, one row each (see the module docstring)."""
 
-    def __init__(self, model: SmolVLMForConditionalGeneration, rows: int = 1, capacity: int = 256):
-        text = model.config.text_config
-        weight = next(model.parameters())
+    def __init__(self, vlm: SmolVLMForConditionalGeneration, rows: int = 1, capacity: int = 256):
+        text = vlm.config.text_config
+        weight = next(vlm.parameters())
         shape = (rows, text.num_key_value_heads, capacity, text.head_dim)
         super().__init__(layers=[StoreLayer(self, weight.new_zeros(shape), weight.new_zeros(shape))
                                  for _ in range(text.num_hidden_layers)])
-        self.model = model
+        self.vlm = vlm
         self.lengths = [0] * rows  # cached tokens per row
         self.observing: set[int] = set()  # rows whose next chunk's attention is recorded (`observed`)
         self.observed: dict[int, Tensor] = {}  # row -> [its tokens] mean attention its last observed chunk paid
@@ -164,7 +164,7 @@ class KVStore(Cache):
         self._pass = step = _Pass(torch.tensor(rows, device=device), subset, columns.to(device), kv_length, observed,
                                   torch.tensor(sizes)[observed].to(device))
         try:
-            out = self.model.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
+            out = self.vlm.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
                                               position_ids=positions.to(device), use_cache=True, kv_pass=step,
                                               **{CACHE_ARG: self})
         finally:
@@ -175,7 +175,7 @@ class KVStore(Cache):
                                  "(prospect.model.attention; load_backbone's default)")
         for r, s in zip(rows, sizes, strict=True):
             self.lengths[r] += s
-        heads = self.model.config.text_config.num_attention_heads
+        heads = self.vlm.config.text_config.num_attention_heads
         for j, i in enumerate(observed):
             r = rows[i]
             self.observing.discard(r)
@@ -233,15 +233,15 @@ class CacheState:
     that after a drop new tokens either continue the numbering or the kept keys move: they never collide (but
     where upstream's numbering is reproduced, `number_from_length`).
     `run` performs the forward passes; by default the store runs each one at once, a batch runner
-    (stream/batch.py) gathers those of all its streams into one."""
+    (stream/scheduler.py) gathers those of all its streams into one."""
 
-    def __init__(self, model: SmolVLMForConditionalGeneration, store: KVStore | None = None, row: int = 0,
+    def __init__(self, vlm: SmolVLMForConditionalGeneration, store: KVStore | None = None, row: int = 0,
                  run: Runner | None = None):
-        self.model = model
-        self.store, self.row = store or KVStore(model), row
+        self.vlm = vlm
+        self.store, self.row = store or KVStore(vlm), row
         self.run: Runner = run or (lambda r, embeds, positions: self.store.forward({r: (embeds, positions)})[r])
-        self.device = next(model.parameters()).device
-        self.max_positions = model.config.text_config.max_position_embeddings
+        self.device = next(vlm.parameters()).device
+        self.max_positions = vlm.config.text_config.max_position_embeddings
         self.positions = torch.zeros(0, dtype=torch.long)  # [T] position of each cached token
         self.token_ids = torch.zeros(0, dtype=torch.long)  # [T] and its token id (for inspection and tests)
         self.prefix = torch.zeros(0, dtype=torch.long)  # cache slots of the prefix that drop_middle keeps
@@ -272,7 +272,7 @@ class CacheState:
         input_ids = torch.tensor([ids])  # [1, n]
         positions = torch.arange(self.next_position, self.next_position + len(ids))
         with torch.no_grad():
-            embeds = embed_with_frames(self.model, input_ids.to(self.device), frame_features)[0]  # [n, H]
+            embeds = embed_with_frames(self.vlm, input_ids.to(self.device), frame_features)[0]  # [n, H]
         start = self.tokens
         if observe:
             self.store.observing.add(self.row)
@@ -340,5 +340,5 @@ class CacheState:
         target = torch.arange(self.tokens)
         if torch.equal(target, self.positions):  # already contiguous from 0: nothing moves
             return
-        self.store.rerotate(self.row, target - self.positions, self.model.model.text_model.rotary_emb)
+        self.store.rerotate(self.row, target - self.positions, self.vlm.model.text_model.rotary_emb)
         self.positions, self.next_position = target, len(target)

@@ -98,25 +98,25 @@ _NOT_FED = ("prompt", "summarize_request", "summary")  # the prompt is rendered 
 
 
 class StreamingGenerator:
-    def __init__(self, model: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
+    def __init__(self, vlm: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
                  speaking_head: BinaryHead, dst_head: BinaryHead, strategy: Strategy | None = None,
                  system_prompt: str | None = None, speaking_threshold: float = 0.5, dst_update_threshold: float = 0.5,
                  max_new_tokens: int = 48, max_summary_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 1.0):
-        """`model` is a transformers SmolVLM (LoRA layers may be injected) and the heads read its hidden states: a
+        """`vlm` is a transformers SmolVLM (LoRA layers may be injected) and the heads read its hidden states: a
         trained model's (`from_pretrained`), or untrained ones asked for by name (`untrained`,
         `untrained_from_config`). `system_prompt`: None for ours."""
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.device = next(model.parameters()).device
+        self.vlm, self.tokenizer = vlm.eval(), tokenizer
+        self.device = next(vlm.parameters()).device
         self.run_config: dict | None = None  # the training run's config, when built from a trained model
         self.speaking_head, self.dst_head = speaking_head.eval(), dst_head.eval()
         self.builder = SequenceBuilder(tokenizer, tokens_per_frame, system_prompt)
         self.tokens_per_frame = tokens_per_frame
         self.strategy = strategy or NoCompression()
         self.speaking_threshold, self.dst_update_threshold = speaking_threshold, dst_update_threshold
-        self.decoder = TurnDecoder(model.lm_head, self.builder, max_new_tokens, do_sample, temperature)
+        self.decoder = TurnDecoder(vlm.lm_head, self.builder, max_new_tokens, do_sample, temperature)
         self.max_summary_tokens = max_summary_tokens
-        self.image_size = model.config.vision_config.image_size
+        self.image_size = vlm.config.vision_config.image_size
         self.summarize_request_ids = self.builder.turn_ids_of("system", SUMMARIZE_REQUEST)
         self.longest_header = max(len(self.builder.header_ids(r)) for r in ("assistant", "dst"))
         self._warned_positions = False
@@ -130,7 +130,7 @@ class StreamingGenerator:
         thresholds an exported directory holds for `setting` apply unless `kwargs` give them; `base` replaces an
         exported adapter's base model with a copy of it elsewhere."""
         trained = load_trained(path, device, base, STREAM_ATTENTION)
-        net = trained.model
+        net = trained.net
         calibrated = trained.thresholds.get(setting, {})
         kwargs = {**{f"{k}_threshold": v for k, v in calibrated.items()}, **kwargs}
         generator = cls(fold_adapter(net.vlm), trained.tokenizer, net.tokens_per_frame, net.speaking_head,
@@ -139,11 +139,11 @@ class StreamingGenerator:
         return generator
 
     @classmethod
-    def untrained(cls, model: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
+    def untrained(cls, vlm: SmolVLMForConditionalGeneration, tokenizer, tokens_per_frame: int,
                   **kwargs) -> StreamingGenerator:
         """A plain SmolVLM with new, untrained linear heads: for tests and benchmarks, whose decisions are random."""
-        hidden = model.config.text_config.hidden_size
-        return cls(model, tokenizer, tokens_per_frame, BinaryHead(hidden), BinaryHead(hidden), **kwargs)
+        hidden = vlm.config.text_config.hidden_size
+        return cls(vlm, tokenizer, tokens_per_frame, BinaryHead(hidden), BinaryHead(hidden), **kwargs)
 
     @classmethod
     def untrained_from_config(cls, cfg: Mapping[str, Any], setting: str = "none", *,
@@ -157,15 +157,15 @@ class StreamingGenerator:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> StreamingGenerator:
         """Move the model and the heads (e.g. bf16 on a GPU); frames and caches follow the model."""
-        for module in (self.model, self.speaking_head, self.dst_head):
+        for module in (self.vlm, self.speaking_head, self.dst_head):
             module.to(device=device, dtype=dtype)
-        self.device = next(self.model.parameters()).device
+        self.device = next(self.vlm.parameters()).device
         return self
 
     def encode(self, clip: Clip, frame: int) -> Tensor:
         """Features of one frame [1, tokens_per_frame, H]: vision encoder, connector, pooling."""
         with torch.no_grad():
-            return encode_frames(self.model, pixels([clip.frame(frame)], self.image_size).to(self.device),
+            return encode_frames(self.vlm, pixels([clip.frame(frame)], self.image_size).to(self.device),
                                  self.tokens_per_frame)
 
     def stream(self, clip: Clip, features: Callable[[Clip, int], Tensor] | None = None,
@@ -245,7 +245,7 @@ class Stream(Iterator[FrameRecord]):
         self.max_new_tokens = self.strategy.max_new_tokens or generator.decoder.max_new_tokens
         self.max_summary_tokens = self.strategy.max_summary_tokens or generator.max_summary_tokens
         self.autocast = options.autocast
-        self.cache = cache or CacheState(generator.model)
+        self.cache = cache or CacheState(generator.vlm)
         self.task = task
         self.context = context
         self.first_user_seen = False  # a user turn was fed (before the first frame or after one)

@@ -61,7 +61,7 @@ def stream_batched(generator: StreamingGenerator, jobs: Sequence[Job], batch_siz
             yield from ((i, stream, record) for record in stream)
             yield i, stream, None
         return
-    store = KVStore(generator.model, rows=min(batch_size, len(jobs)))
+    store = KVStore(generator.vlm, rows=min(batch_size, len(jobs)))
     device = generator.device.type
     scheduler = getcurrent()
     out: list[tuple[int, Stream, FrameRecord | None]] = []  # records since the scheduler last yielded
@@ -103,7 +103,7 @@ def stream_batched(generator: StreamingGenerator, jobs: Sequence[Job], batch_siz
             while waiting and free:
                 i, (clip, options) = waiting.pop(0)
                 row = free.pop(0)
-                stream = generator.stream(clip, features, options, CacheState(generator.model, store, row, forward))
+                stream = generator.stream(clip, features, options, CacheState(generator.vlm, store, row, forward))
                 running[row] = greenlet(lambda i=i, stream=stream: run(i, stream))
                 modes[row] = TorchMode.current(device)
                 resume(row)

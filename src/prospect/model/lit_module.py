@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryF1Score
 
 from prospect.data.batch import Batch
-from prospect.model.factory import check_checkpoint
+from prospect.model.factory import check_checkpoint, current_weight_names
 from prospect.model.losses import LossConfig, total_loss
 from prospect.model.prospect_model import ProspectModel, ProspectOutput
 
@@ -24,11 +24,13 @@ def _head_metrics() -> MetricCollection:
     return MetricCollection({"auroc": BinaryAUROC(), "ap": BinaryAveragePrecision(), "f1": BinaryF1Score()})
 
 
-class ProspectModule(L.LightningModule):
-    def __init__(self, model: ProspectModel, loss: LossConfig, optimizer: Callable, scheduler: Callable | None = None,
+class ProspectLitModule(L.LightningModule):
+    """The network (`net`, ProspectModel) and how it trains, as lightning-hydra-template names them."""
+
+    def __init__(self, net: ProspectModel, loss: LossConfig, optimizer: Callable, scheduler: Callable | None = None,
                  config: dict | None = None):
         super().__init__()
-        self.model, self.loss_cfg = model, loss
+        self.net, self.loss_cfg = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.config = config or {}  # the resolved run config, stored in checkpoints
         self.strict_loading = False  # checkpoints hold only the trained parameters
@@ -38,10 +40,10 @@ class ProspectModule(L.LightningModule):
             f"{split}_{kind}": MeanMetric() for split in ("train", "val", "test") for kind in ("lm", "dst_gen")})
 
     def forward(self, batch: Batch) -> ProspectOutput:
-        return self.model(batch)
+        return self.net(batch)
 
     def _step(self, batch: Batch, split: str) -> tuple[Tensor, ProspectOutput]:
-        out = self.model(batch)
+        out = self.net(batch)
         losses = total_loss(out, batch, self.loss_cfg)
         on_step = split == "train"
         # Losses are per rank (rank 0's reach the loggers). sync_dist would all-reduce them whenever the progress
@@ -120,8 +122,9 @@ class ProspectModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["prospect_config"] = self.config
-        checkpoint["base_fingerprint"] = self.model.base_fingerprint()
+        checkpoint["base_fingerprint"] = self.net.base_fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resuming (`trainer.fit(ckpt_path=...)`) or testing a checkpoint runs the checks of load_checkpoint."""
-        check_checkpoint(checkpoint, self.model, self.trainer.ckpt_path, self.config.get("model", {}).get("backbone"))
+        checkpoint["state_dict"] = current_weight_names(checkpoint["state_dict"], self.trainer.ckpt_path)
+        check_checkpoint(checkpoint, self.net, self.trainer.ckpt_path, self.config.get("model", {}).get("backbone"))
