@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -178,12 +179,31 @@ def test_eval_py_and_demo_take_an_exported_directory(trained, exported, tmp_path
 
     tmp, _ = trained
     out = tmp_path / "eval"
-    cmd = [sys.executable, "eval.py", f"ckpt_path={exported['merged']}", "stream.settings=[none]", "num_clips=1",
-           "calibrate=false", "stream.max_new_tokens=4", "encoder=all-MiniLM-L6-v2", f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "eval.py", f"ckpt_path={exported['merged']}", "stream.settings=[none,summarize_1k]",
+           "num_clips=1", "calibrate=false", "stream.max_new_tokens=4", "encoder=all-MiniLM-L6-v2",
+           f"hydra.run.dir={out}"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval_metrics.json").read_text())
     assert report["none"]["checkpoint"] == str(exported["merged"]) and report["none"]["split"] == "test"
+    # without calibration, the thresholds the export stores for a setting (CALIBRATION), the config's for the rest
+    assert [(m["speaking_threshold"], m["dst_update_threshold"], m["thresholds_from"]) for m in report.values()] == [
+        (0.3, 0.7, "exported model"), (0.5, 0.5, "config")]
     assert demo_main([str(exported["adapter"]), "--clips", str(tmp / "data" / "test.jsonl"),
                       "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().out.startswith("task: build the")
+
+
+def test_stored_thresholds_can_be_set_aside():
+    """`stored_thresholds=false`: the config's thresholds for every setting, whatever the export stores."""
+    from omegaconf import OmegaConf
+
+    from prospect.evaluate import _uncalibrated_thresholds
+
+    generator = SimpleNamespace(stored_thresholds={"none": {"speaking": 0.3, "dst_update": 0.7}})
+    cfg = OmegaConf.create({"stored_thresholds": True, "stream": {"speaking_threshold": 0.6,
+                                                                  "dst_update_threshold": 0.4}})
+    assert _uncalibrated_thresholds(cfg, generator, ["none", "drop_all_1k"]) == (
+        {"none": (0.3, 0.7), "drop_all_1k": (0.6, 0.4)}, {"none": "exported model", "drop_all_1k": "config"})
+    cfg.stored_thresholds = False
+    assert _uncalibrated_thresholds(cfg, generator, ["none"]) == ({"none": (0.6, 0.4)}, {"none": "config"})

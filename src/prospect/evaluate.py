@@ -47,28 +47,27 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     generator.to(dtype=stream_dtype(cfg.stream.dtype))
     settings = stream_settings(cfg.stream)
     window = tuple(cfg.window) if cfg.window else None
-    thresholds: Any = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
+    configured = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
+    thresholds, thresholds_from = _uncalibrated_thresholds(cfg, generator, settings)
     calibration = None
     if cfg.calibrate:
         cal = cfg.calibration
         val = _clips(datamodule, cal.split, cal.num_clips)
         calibrated = ["none"] if cal.from_none else settings
         calibration = calibrate(generator, val, calibrated, encoder, list(cal.speaking), list(cal.dst_update),
-                                thresholds, window, store, cfg.stream.batch_size)
+                                configured, window, store, cfg.stream.batch_size)
         if cal.from_none:  # every setting gets none's thresholds, in calibration.json too (an export keeps them)
             calibration = {s: calibration["none"] if s == "none" else
                            {"thresholds": calibration["none"]["thresholds"], "calibrated_on": "none"} for s in settings}
-        thresholds = {s: calibration[s]["thresholds"] for s in settings}
+        thresholds = {s: tuple(calibration[s]["thresholds"]) for s in settings}
+        thresholds_from = dict.fromkeys(settings, f"calibrated on {cal.split}" + (" (none's)" if cal.from_none else ""))
         (out_dir / "calibration.json").write_text(json.dumps(
             {"split": cal.split, "clips": len(val), "encoder": encoder.name, "settings": calibration}, indent=2) + "\n")
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
     results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
                        store=store, batch_size=cfg.stream.batch_size)
-    thresholds_from = "config"
-    if calibration:
-        thresholds_from = f"calibrated on {cfg.calibration.split}" + (" (none's)" if cfg.calibration.from_none else "")
     report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_update_threshold": r.thresholds[1],
-                  "thresholds_from": thresholds_from, "encoder": encoder.name, "split": cfg.split,
+                  "thresholds_from": thresholds_from[s], "encoder": encoder.name, "split": cfg.split,
                   "checkpoint": cfg.ckpt_path}
               for s, r in results.items()}
     (out_dir / "eval_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -89,13 +88,27 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             logger.experiment.finish()
         else:
             logger.save()
-    log.info("%s split, %d clips, encoder %s%s:\n%s", cfg.split, len(clips), encoder.name,
-             f", thresholds {thresholds_from}" if calibration else "",
+    log.info("%s split, %d clips, encoder %s, thresholds %s:\n%s", cfg.split, len(clips), encoder.name,
+             " / ".join(dict.fromkeys(thresholds_from.values())),
              metrics_table(report, keys=("speaking_threshold", "dst_update_threshold", *_TABLE)))
     for s, m in report.items():
         if "does_not_fit" in m:
             log.warning("%s does not fit: %s", s, m["does_not_fit"])
     return report
+
+
+def _uncalibrated_thresholds(cfg: DictConfig, generator: StreamingGenerator, settings: list[str]
+                             ) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """Each setting's thresholds without calibration, and where they come from: an exported model's stored ones
+    for the settings it stores (unless `stored_thresholds=false`), else the config's (stream.*_threshold)."""
+    stored = generator.stored_thresholds if cfg.stored_thresholds else {}
+    thresholds, sources = {}, {}
+    for s in settings:
+        if s in stored:
+            thresholds[s], sources[s] = (stored[s]["speaking"], stored[s]["dst_update"]), "exported model"
+        else:
+            thresholds[s], sources[s] = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold), "config"
+    return thresholds, sources
 
 
 def stream_settings(stream: DictConfig) -> list[str]:

@@ -109,6 +109,8 @@ class StreamingGenerator:
         self.vlm, self.tokenizer = vlm.eval(), tokenizer
         self.device = next(vlm.parameters()).device
         self.run_config: dict | None = None  # the training run's config, when built from a trained model
+        # an exported model's calibrated thresholds per setting, {"none": {"speaking": p, "dst_update": p}}
+        self.stored_thresholds: dict[str, dict[str, float]] = {}
         self.speaking_head, self.dst_head = speaking_head.eval(), dst_head.eval()
         self.builder = SequenceBuilder(tokenizer, tokens_per_frame, system_prompt)
         self.tokens_per_frame = tokens_per_frame
@@ -135,7 +137,7 @@ class StreamingGenerator:
         kwargs = {**{f"{k}_threshold": v for k, v in calibrated.items()}, **kwargs}
         generator = cls(fold_adapter(net.vlm), trained.tokenizer, net.tokens_per_frame, net.speaking_head,
                         net.dst_head, make_strategy(setting), trained.config["model"].get("system_prompt"), **kwargs)
-        generator.run_config = trained.config
+        generator.run_config, generator.stored_thresholds = trained.config, trained.thresholds
         return generator
 
     @classmethod
