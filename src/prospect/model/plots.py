@@ -114,7 +114,11 @@ def plot_tradeoff(path: Path, rows: list[dict], keys: tuple[str, ...] = ("f1", "
             tokens, values, _ = zip(*sorted(line, key=lambda point: point[2]), strict=True)
             ax.plot(tokens, values, marker="o", lw=1, label=strategy)
         ax.set_xscale("log", base=2)
+        budgets = sorted({r["budget"] for r in rows if r.get("budget")})
+        if budgets:  # a tick at each budget: the points sit at or below theirs
+            ax.set_xticks(budgets)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 512, not 2^9
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("peak cache tokens")
         ax.set_ylabel(key)
         ax.legend(fontsize=7)
