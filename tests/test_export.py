@@ -196,14 +196,10 @@ def test_eval_py_and_demo_take_an_exported_directory(trained, exported, tmp_path
 
 def test_stored_thresholds_can_be_set_aside():
     """`stored_thresholds=false`: the config's thresholds for every setting, whatever the export stores."""
-    from omegaconf import OmegaConf
-
     from prospect.evaluate import _uncalibrated_thresholds
 
     generator = SimpleNamespace(stored_thresholds={"none": {"speaking": 0.3, "dst_update": 0.7}})
-    cfg = OmegaConf.create({"stored_thresholds": True, "stream": {"speaking_threshold": 0.6,
-                                                                  "dst_update_threshold": 0.4}})
-    assert _uncalibrated_thresholds(cfg, generator, ["none", "drop_all_1k"]) == (
+    assert _uncalibrated_thresholds(generator, ["none", "drop_all_1k"], (0.6, 0.4), True) == (
         {"none": (0.3, 0.7), "drop_all_1k": (0.6, 0.4)}, {"none": "exported model", "drop_all_1k": "config"})
-    cfg.stored_thresholds = False
-    assert _uncalibrated_thresholds(cfg, generator, ["none"]) == ({"none": (0.6, 0.4)}, {"none": "config"})
+    assert _uncalibrated_thresholds(generator, ["none"], (0.6, 0.4), False) == (
+        {"none": (0.6, 0.4)}, {"none": "config"})

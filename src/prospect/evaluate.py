@@ -48,7 +48,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     settings = stream_settings(cfg.stream)
     window = tuple(cfg.window) if cfg.window else None
     configured = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold)
-    thresholds, thresholds_from = _uncalibrated_thresholds(cfg, generator, settings)
+    thresholds, thresholds_from = _uncalibrated_thresholds(generator, settings, configured, cfg.stored_thresholds)
     calibration = None
     if cfg.calibrate:
         cal = cfg.calibration
@@ -97,17 +97,17 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return report
 
 
-def _uncalibrated_thresholds(cfg: DictConfig, generator: StreamingGenerator, settings: list[str]
-                             ) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+def _uncalibrated_thresholds(generator: StreamingGenerator, settings: list[str], configured: tuple[float, float],
+                             use_stored: bool) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
     """Each setting's thresholds without calibration, and where they come from: an exported model's stored ones
-    for the settings it stores (unless `stored_thresholds=false`), else the config's (stream.*_threshold)."""
-    stored = generator.stored_thresholds if cfg.stored_thresholds else {}
+    for the settings it stores (when `use_stored`: eval.yaml's stored_thresholds), else `configured`."""
+    stored = generator.stored_thresholds if use_stored else {}
     thresholds, sources = {}, {}
     for s in settings:
         if s in stored:
             thresholds[s], sources[s] = (stored[s]["speaking"], stored[s]["dst_update"]), "exported model"
         else:
-            thresholds[s], sources[s] = (cfg.stream.speaking_threshold, cfg.stream.dst_update_threshold), "config"
+            thresholds[s], sources[s] = configured, "config"
     return thresholds, sources
 
 
