@@ -61,6 +61,17 @@ def chunks(gen, clip):
             for f in clip.frame_indices]
 
 
+def record_generations_and_restarts(gen, monkeypatch) -> tuple[list, list]:
+    """Lists that fill as `gen` streams: the token limit of each generation, and the cache's token ids just before
+    each restart."""
+    limits, held, generate, restart = [], [], gen.decoder.generate, CacheState.restart
+    monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
+        max_new_tokens) or generate(cache, hidden, max_new_tokens))
+    monkeypatch.setattr(CacheState, "restart", lambda cache, ids: held.append(cache.token_ids.tolist())
+                        or restart(cache, ids))
+    return limits, held
+
+
 def needed(stream, clip) -> list[int]:
     """Tokens each frame may take: its chunk and room for a DST update and a reply."""
     return [len(c) + 2 * stream.turn_reserve for c in chunks(stream.generator, clip)]

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from counts import compressions_due, restarts
+from test_stream import record_generations_and_restarts
 from upstream import (
     DST_CLIP,
     FORK_CLIP,
@@ -413,17 +414,11 @@ def test_streaming_uses_the_clips_prompt_and_starts_from_the_given_state(tiny_di
 
 def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, monkeypatch):
     vlm, tok = load_backbone(str(tiny_dir))
-    from prospect.stream.cache import CacheState
     from prospect.stream.strategies import SummarizeAndDrop
 
     gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=SummarizeAndDrop(budget=400), max_new_tokens=4,
                              max_summary_tokens=5, speaking_threshold=2.0, dst_update_threshold=2.0)
-    limits, generate = [], gen.decoder.generate
-    monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
-        max_new_tokens) or generate(cache, hidden, max_new_tokens))
-    before_restart, restart = [], CacheState.restart
-    monkeypatch.setattr(CacheState, "restart", lambda cache, ids: before_restart.append(cache.token_ids.tolist())
-                        or restart(cache, ids))
+    limits, before_restart = record_generations_and_restarts(gen, monkeypatch)
     stream = gen.stream(_load(files["l0"])[1])
     records = list(stream)
     compressed = [r for r in records if r.summaries]

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_stream import chunks, frame_features
+from test_stream import chunks, frame_features, record_generations_and_restarts
 
 from prospect.data.clip import Event
 from prospect.evaluate import stream_settings
 from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames
 from prospect.stream import StreamingGenerator, make_strategy
-from prospect.stream.cache import CacheState
 from prospect.stream.generator import StreamOptions
 from prospect.stream.strategies import UpstreamDropAll, UpstreamDropMiddle, UpstreamSummarize
 
@@ -127,12 +126,7 @@ def test_upstream_summarize_feeds_the_request_with_the_frame_just_fed(gen, clip,
     strategy = UpstreamSummarize(budget=300)
     logit = 3.0 if speaks else -3.0  # the per-frame threshold (2.0) keeps the frames silent either way
     gen.speaking_head = lambda hidden: torch.full(hidden.shape[:-1], logit)
-    limits, generate = [], gen.decoder.generate
-    monkeypatch.setattr(gen.decoder, "generate", lambda cache, hidden, max_new_tokens=None: limits.append(
-        max_new_tokens) or generate(cache, hidden, max_new_tokens))
-    held, restart = [], CacheState.restart
-    monkeypatch.setattr(CacheState, "restart", lambda cache, ids: held.append(cache.token_ids.tolist())
-                        or restart(cache, ids))
+    limits, held = record_generations_and_restarts(gen, monkeypatch)
     encoded = []
 
     def features(c, f):
