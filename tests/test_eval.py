@@ -156,6 +156,9 @@ def test_eval_py_on_a_checkpoint(trained, tmp_path):
     calibration = json.loads((out / "calibration.json").read_text())
     assert len(calibration["settings"]["none"]["grid"]) == 2
     assert (out / "eval_metrics.csv").read_text().startswith("setting,")
+    replies = json.loads((out / "replies_after_restarts.json").read_text())  # teacher-forced, the one clip
+    assert replies["clips"] == 1 and set(replies) >= {"whole", "summarize", "dst_state"}
+    assert replies["whole"]["replies"] > 0 and 0 <= replies["whole"]["accuracy"] <= 1
     assert (out / "dialog.csv").read_text().startswith("setting,clip,kind,")
     assert (out / "plots" / "settings.png").exists() and list((out / "plots").glob("stream_drop_middle_1k_*.png"))
     assert "drop_middle_1k" in result.stdout and "peak_cache_tokens" in result.stdout

@@ -1,7 +1,8 @@
 """The evaluation job behind `python eval.py`: stream a data split through a checkpoint (or a plain backbone,
 zero-shot) at each compression setting (a list, or every strategy at every budget), optionally with thresholds
 calibrated on the validation split, and write eval_metrics.json (keyed by setting), eval_metrics.csv,
-tradeoff.csv, dialog.csv, calibration.json and plots."""
+tradeoff.csv, dialog.csv, calibration.json and plots; and, teacher-forced, the replies said after each restart the
+data trains for (replies_after_restarts.json)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from prospect.eval.report import (
     save_plots,
     save_tradeoff,
 )
+from prospect.eval.restarts import replies_after_restarts
 from prospect.eval.streaming import calibrate, evaluate
 from prospect.model.features import open_feature_store
 from prospect.stream.generator import StreamingGenerator, pick_device, stream_dtype
@@ -64,6 +66,13 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         (out_dir / "calibration.json").write_text(json.dumps(
             {"split": cal.split, "clips": len(val), "encoder": encoder.name, "settings": calibration}, indent=2) + "\n")
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
+    replies = {}  # before streaming: a clip that cannot be cut fails at once
+    if cfg.restart_replies and datamodule.restart_len:
+        replies = replies_after_restarts(generator, clips, datamodule.restart_len, datamodule.restarts)
+        summary = {"split": cfg.split, "clips": len(clips), "restart_len": datamodule.restart_len, **replies}
+        (out_dir / "replies_after_restarts.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("replies said teacher-forced (%s split, cut at %d tokens): %s", cfg.split, datamodule.restart_len,
+                 ", ".join(f"{k} {v['accuracy']:.3f} of {v['replies']}" for k, v in replies.items()))
     results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
                        store=store, batch_size=cfg.stream.batch_size)
     report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_update_threshold": r.thresholds[1],
@@ -78,7 +87,8 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     if cfg.get("logger"):
         logger = instantiate(cfg.logger)
         logger.log_metrics({f"eval/{s}/{k}": v for s, m in report.items() for k, v in m.items()
-                            if isinstance(v, int | float)})
+                            if isinstance(v, int | float)}
+                           | {f"eval/replies_after_restarts/{k}": v["accuracy"] for k, v in replies.items()})
         if isinstance(logger, WandbLogger):
             logger.experiment.config.update({"encoder": encoder.name, "eval": OmegaConf.to_container(cfg)})
             log_to_wandb(logger, results, plots, "eval")

@@ -1,0 +1,65 @@
+"""Teacher-forced replies after a restart: does the model go on from what a restarted cache holds?
+
+After a summarize or dst_state restart the cache holds the prompt with the tracked state (and, for summarize, the
+progress summary); the first reply after it must take its step from there, where every other reply can follow
+the replies said before it. A stream mixes this with every other decision (when to speak, what the DST turn
+said, where the budget fell); teacher-forced it is one question per restart. Each clip is cut as training cuts
+it for a restart (SequenceBuilder.build) and the first reply after each cut counts as said when the model's
+argmax gives every token of the reference reply; every reply of the whole clips, counted the same way, is the
+level to compare with (docs/evaluation.md, "Replies after a restart").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from prospect.data.clip import Clip
+from prospect.data.sequence import IGNORE, RESTARTS, TokenSequence
+from prospect.model.vision import embed_with_frames, encode_frames, pixels
+from prospect.stream.generator import StreamingGenerator
+
+
+@torch.no_grad()
+def replies_after_restarts(generator: StreamingGenerator, clips: Sequence[Clip], restart_len: int,
+                           restarts: Sequence[str] = RESTARTS) -> dict[str, dict[str, float]]:
+    """{"whole": ..., "<restart>": ...}, each {"accuracy": share of the replies said right, "replies": how many}:
+    every reply of the whole clips, and the first reply after each cut of the clips cut at `restart_len`
+    tokens as `restart` leaves the cache (a part with no reply before its closing summary counts for nothing)."""
+    said: dict[str, list[bool]] = {name: [] for name in ("whole", *restarts)}
+    for clip in clips:
+        frames = list(clip.frame_indices)  # encoded at once, for the whole clip and its cuts
+        pixel_values = pixels([clip.frame(f) for f in frames], generator.image_size).to(generator.device)
+        features = dict(zip(frames, encode_frames(generator.vlm, pixel_values, generator.tokens_per_frame),
+                            strict=True))
+        said["whole"] += _replies_said(generator, generator.builder.build(clip), features)
+        for restart in restarts:
+            for part in generator.builder.build(clip, restart_len, restart)[1:]:
+                said[restart] += _replies_said(generator, part, features)[:1]
+    return {name: {"accuracy": sum(s) / len(s) if s else float("nan"), "replies": len(s)} for name, s in said.items()}
+
+
+def _replies_said(generator: StreamingGenerator, seq: TokenSequence | list[TokenSequence],
+                  features: dict[int, torch.Tensor]) -> list[bool]:
+    """Per learned reply of `seq` (its closing summary aside), in order: is the argmax every token of it?
+    `features`: each frame's [tokens_per_frame, H]."""
+    if isinstance(seq, list):
+        return [said for part in seq for said in _replies_said(generator, part, features)]
+    vlm = generator.vlm
+    ids = torch.tensor([seq.input_ids], device=generator.device)
+    frames = torch.stack([features[f] for f in seq.frames]) if seq.frames else None
+    hidden = vlm.model.text_model(inputs_embeds=embed_with_frames(vlm, ids, frames)).last_hidden_state[0]
+    end = _summary_request_at(seq.input_ids, generator.summarize_request_ids)
+    positions = [p for p, t in enumerate(seq.lm_targets[:end]) if t != IGNORE]
+    if not positions:
+        return []
+    right = (vlm.lm_head(hidden[positions]).argmax(-1).cpu() == torch.tensor([seq.lm_targets[p] for p in positions]))
+    starts = [0] + [k for k in range(1, len(positions)) if positions[k] != positions[k - 1] + 1]
+    return [bool(right[a:b].all()) for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)]
+
+
+def _summary_request_at(ids: list[int], request: list[int]) -> int:
+    """Where a cut part's closing summary request starts (the end of `ids` when it has none)."""
+    n = len(request)
+    return next((i for i in range(len(ids) - n, -1, -1) if ids[i:i + n] == request), len(ids))

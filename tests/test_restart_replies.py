@@ -1,0 +1,76 @@
+"""Teacher-forced replies after a restart (prospect.eval.restarts) against greedy decoding with a full forward pass
+per token, on the tiny model."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from prospect.data.clip import Event
+from prospect.eval.restarts import _replies_said, replies_after_restarts
+from prospect.model.backbone import load_backbone
+from prospect.model.vision import embed_with_frames
+from prospect.stream import StreamingGenerator
+
+REPLY = "Next, place the blue square."
+
+
+@pytest.fixture
+def gen(tiny_dir):
+    vlm, tok = load_backbone(str(tiny_dir))
+    return StreamingGenerator.untrained(vlm, tok, 4)
+
+
+def _with_replies(clip, frames=(6, 24, 44)):
+    replies = [Event("assistant", f / clip.fps, f, REPLY, progress=f"{k + 1} done.") for k, f in enumerate(frames)]
+    return dataclasses.replace(clip, events=sorted(clip.events + replies, key=lambda e: e.frame))
+
+
+def _occurrences(ids: list[int], body: list[int]) -> list[int]:
+    return [i for i in range(len(ids) - len(body) + 1) if ids[i:i + len(body)] == body]
+
+
+def _greedy(gen, ids: list[int], frames: list[torch.Tensor], n: int) -> list[int]:
+    """n tokens after `ids`, each the argmax of a full forward pass of the SmolVLM over everything before it."""
+    ids = list(ids)
+    for _ in range(n):
+        shown = frames[:ids.count(gen.builder.around_image_id) // 2]  # the frames `ids` holds, in order
+        embeds = embed_with_frames(gen.vlm, torch.tensor([ids]), torch.cat(shown) if shown else None)
+        with torch.no_grad():
+            ids.append(int(gen.vlm(inputs_embeds=embeds).logits[0, -1].argmax()))
+    return ids[-n:]
+
+
+def test_a_reply_is_said_when_greedy_decoding_gives_every_token_of_it(gen, clip):
+    clip = _with_replies(clip)
+    seq = gen.builder.build(clip)[0]
+    frames = [gen.encode(clip, f) for f in seq.frames]
+    body = gen.builder.body_ids(REPLY)
+    at = _occurrences(seq.input_ids, body)
+    assert len(at) == 3
+    # the second reply becomes the model's own greedy continuation; the untrained model says no other
+    said = _greedy(gen, seq.input_ids[:at[1]], frames, len(body))
+    assert gen.vlm.config.image_token_id not in said and said != body
+    seq.input_ids[at[1]:at[1] + len(body)] = said
+    seq.lm_targets[at[1] - 1:at[1] - 1 + len(body)] = said
+    features = {f: x[0] for f, x in zip(seq.frames, frames, strict=True)}
+    assert _replies_said(gen, seq, features) == [False, True, False]
+    # one token off, and it is not said
+    seq.lm_targets[at[1] + 1] = (said[2] + 1) % len(gen.tokenizer)
+    assert _replies_said(gen, seq, features) == [False, False, False]
+
+
+def test_each_cut_counts_its_first_reply_and_never_the_closing_summary(gen, clip):
+    clip = _with_replies(clip, frames=(6, 12, 24, 30, 44, 50))
+    b, body = gen.builder, gen.builder.body_ids(REPLY)
+    result = replies_after_restarts(gen, [clip], 260)
+    assert result["whole"]["replies"] == 6
+    for restart in ("summarize", "dst_state"):
+        parts = b.build(clip, 260, restart)
+        assert len(parts) >= 3
+        request = b.turn_ids_of("system", "Please summarize the progress.")
+        with_reply = [p for p in parts[1:]
+                      if _occurrences(p.input_ids[:(_occurrences(p.input_ids, request) or [len(p)])[-1]], body)]
+        assert result[restart]["replies"] == len(with_reply), restart
+        if restart == "summarize":  # parts end with a summary; some have no reply before it (it must not count)
+            assert all(_occurrences(p.input_ids, request) for p in parts[:-1]) and 0 < len(with_reply) < len(parts) - 1
