@@ -2,12 +2,17 @@
 per token, on the tiny model."""
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
+from upstream import write_upstream
 
+from prospect.data import load_clips
 from prospect.data.clip import Event
+from prospect.data.errors import ClipWarning
 from prospect.eval.restarts import _replies_said, replies_after_restarts
+from prospect.eval.streaming import FeatureMemo
 from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames
 from prospect.stream import StreamingGenerator
@@ -53,11 +58,11 @@ def test_a_reply_is_said_when_greedy_decoding_gives_every_token_of_it(gen, clip)
     assert gen.vlm.config.image_token_id not in said and said != body
     seq.input_ids[at[1]:at[1] + len(body)] = said
     seq.lm_targets[at[1] - 1:at[1] - 1 + len(body)] = said
-    features = {f: x[0] for f, x in zip(seq.frames, frames, strict=True)}
-    assert _replies_said(gen, seq, features) == [False, True, False]
+    memo = FeatureMemo(gen)
+    assert _replies_said(gen, clip, seq, memo) == [False, True, False]
     # one token off, and it is not said
     seq.lm_targets[at[1] + 1] = (said[2] + 1) % len(gen.tokenizer)
-    assert _replies_said(gen, seq, features) == [False, False, False]
+    assert _replies_said(gen, clip, seq, memo) == [False, False, False]
 
 
 def test_each_cut_counts_its_first_reply_and_never_the_closing_summary(gen, clip):
@@ -74,3 +79,18 @@ def test_each_cut_counts_its_first_reply_and_never_the_closing_summary(gen, clip
         assert result[restart]["replies"] == len(with_reply), restart
         if restart == "summarize":  # parts end with a summary; some have no reply before it (it must not count)
             assert all(_occurrences(p.input_ids, request) for p in parts[:-1]) and 0 < len(with_reply) < len(parts) - 1
+
+
+def test_upstream_shaped_files_count_every_reference_reply_and_never_their_summaries(gen, tmp_path):
+    """Several dialogs per video, knowledge turns, later splits that end with the reference's summary, DST
+    clips with updates before the first frame and the fork's two transitions at one time: every assistant turn
+    of the reference is one reply of the whole clips (its summaries none), and each file can be cut."""
+    files = write_upstream(tmp_path)
+    for key in ("l0", "splits", "dst", "fork"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ClipWarning)
+            clips = load_clips(files[key])
+        replies = sum(e.role == "assistant" and e.kind != "summary" for c in clips for e in c.events)
+        result = replies_after_restarts(gen, clips, 400)
+        assert result["whole"]["replies"] == replies > 0, key
+        assert result["summarize"]["replies"] > 0 and result["dst_state"]["replies"] > 0, key

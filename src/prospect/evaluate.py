@@ -68,7 +68,7 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     clips = _clips(datamodule, cfg.split, cfg.num_clips)
     replies = {}  # before streaming: a clip that cannot be cut fails at once
     if cfg.restart_replies and datamodule.restart_len:
-        replies = replies_after_restarts(generator, clips, datamodule.restart_len, datamodule.restarts)
+        replies = replies_after_restarts(generator, clips, datamodule.restart_len, datamodule.restarts, store)
         summary = {"split": cfg.split, "clips": len(clips), "restart_len": datamodule.restart_len, **replies}
         (out_dir / "replies_after_restarts.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("replies said teacher-forced (%s split, cut at %d tokens): %s", cfg.split, datamodule.restart_len,

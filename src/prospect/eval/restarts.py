@@ -17,38 +17,39 @@ import torch
 
 from prospect.data.clip import Clip
 from prospect.data.sequence import IGNORE, RESTARTS, TokenSequence
-from prospect.model.vision import embed_with_frames, encode_frames, pixels
+from prospect.eval.streaming import FeatureMemo
+from prospect.model.features import FeatureStore
+from prospect.model.vision import embed_with_frames
 from prospect.stream.generator import StreamingGenerator
 
 
 @torch.no_grad()
 def replies_after_restarts(generator: StreamingGenerator, clips: Sequence[Clip], restart_len: int,
-                           restarts: Sequence[str] = RESTARTS) -> dict[str, dict[str, float]]:
+                           restarts: Sequence[str] = RESTARTS, store: FeatureStore | None = None
+                           ) -> dict[str, dict[str, float]]:
     """{"whole": ..., "<restart>": ...}, each {"accuracy": share of the replies said right, "replies": how many}:
     every reply of the whole clips, and the first reply after each cut of the clips cut at `restart_len`
-    tokens as `restart` leaves the cache (a part with no reply before its closing summary counts for nothing)."""
+    tokens as `restart` leaves the cache (a part with no reply before its closing summary counts for nothing).
+    Frame features come as streaming takes them (FeatureMemo: `store` when given, else the vision encoder),
+    each once per video."""
     said: dict[str, list[bool]] = {name: [] for name in ("whole", *restarts)}
+    memo = FeatureMemo(generator, store)
     for clip in clips:
-        frames = list(clip.frame_indices)  # encoded at once, for the whole clip and its cuts
-        pixel_values = pixels([clip.frame(f) for f in frames], generator.image_size).to(generator.device)
-        features = dict(zip(frames, encode_frames(generator.vlm, pixel_values, generator.tokens_per_frame),
-                            strict=True))
-        said["whole"] += _replies_said(generator, generator.builder.build(clip), features)
+        for seq in generator.builder.build(clip):
+            said["whole"] += _replies_said(generator, clip, seq, memo)
         for restart in restarts:
             for part in generator.builder.build(clip, restart_len, restart)[1:]:
-                said[restart] += _replies_said(generator, part, features)[:1]
+                said[restart] += _replies_said(generator, clip, part, memo)[:1]
+        memo.forget(clip)
     return {name: {"accuracy": sum(s) / len(s) if s else float("nan"), "replies": len(s)} for name, s in said.items()}
 
 
-def _replies_said(generator: StreamingGenerator, seq: TokenSequence | list[TokenSequence],
-                  features: dict[int, torch.Tensor]) -> list[bool]:
-    """Per learned reply of `seq` (its closing summary aside), in order: is the argmax every token of it?
-    `features`: each frame's [tokens_per_frame, H]."""
-    if isinstance(seq, list):
-        return [said for part in seq for said in _replies_said(generator, part, features)]
+def _replies_said(generator: StreamingGenerator, clip: Clip, seq: TokenSequence, memo: FeatureMemo) -> list[bool]:
+    """Per learned reply of `seq`, a sequence of `clip` (its closing summary aside), in order: is the argmax every
+    token of it?"""
     vlm = generator.vlm
     ids = torch.tensor([seq.input_ids], device=generator.device)
-    frames = torch.stack([features[f] for f in seq.frames]) if seq.frames else None
+    frames = torch.cat([memo(clip, f) for f in seq.frames]) if seq.frames else None
     hidden = vlm.model.text_model(inputs_embeds=embed_with_frames(vlm, ids, frames)).last_hidden_state[0]
     end = _summary_request_at(seq.input_ids, generator.summarize_request_ids)
     positions = [p for p, t in enumerate(seq.lm_targets[:end]) if t != IGNORE]
