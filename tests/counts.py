@@ -7,15 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 
-def restarts(start: int, added: Sequence[int], limit: int, kept: Callable[[int], int],
+def restarts(start: int, added: Sequence[int], limit: int, kept: Callable[[int, int], int],
              needed: Sequence[int] | None = None) -> int:
     """How often a cache (or a sequence) holding `start` tokens, grown by `added[i]` tokens at step i, restarts:
     before step i, whenever its tokens and `needed[i]` (default `added[i]`) would pass `limit`, it keeps
-    `kept(tokens)` tokens."""
+    `kept(tokens, i)` tokens."""
     tokens, count = start, 0
     for i, size in enumerate(added):
         if tokens + (size if needed is None else needed[i]) > limit:
-            tokens, count = kept(tokens), count + 1
+            tokens, count = kept(tokens, i), count + 1
         tokens += size
     return count
 

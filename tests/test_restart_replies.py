@@ -68,14 +68,16 @@ def test_a_reply_is_said_when_greedy_decoding_gives_every_token_of_it(gen, clip)
 def test_each_cut_counts_its_first_reply_and_never_the_closing_summary(gen, clip):
     clip = _with_replies(clip, frames=(6, 12, 24, 30, 44, 50))
     b, body = gen.builder, gen.builder.body_ids(REPLY)
-    result = replies_after_restarts(gen, [clip], 260)
+    result = replies_after_restarts(gen, [clip], 280)
     assert result["whole"]["replies"] == 6
     for restart in ("summarize", "dst_state"):
-        parts = b.build(clip, 260, restart)
+        parts = b.build(clip, 280, restart)
         assert len(parts) >= 3
         request = b.turn_ids_of("system", "Please summarize the progress.")
-        with_reply = [p for p in parts[1:]
-                      if _occurrences(p.input_ids[:(_occurrences(p.input_ids, request) or [len(p)])[-1]], body)]
+        # a reply after the part's first frame (the kept one before it is input) and before its closing summary
+        with_reply = [p for p in parts[1:] if _occurrences(
+            p.input_ids[p.input_ids.index(b.around_image_id):(_occurrences(p.input_ids, request) or [len(p)])[-1]],
+            body)]
         assert result[restart]["replies"] == len(with_reply), restart
         if restart == "summarize":  # parts end with a summary; some have no reply before it (it must not count)
             assert all(_occurrences(p.input_ids, request) for p in parts[:-1]) and 0 < len(with_reply) < len(parts) - 1

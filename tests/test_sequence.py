@@ -1,5 +1,6 @@
 """The sequence builder against a hand-made clip: every position's targets pinned, training layout = streaming."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from prospect.data.clip import Clip, Event, Step, Task, Video
 from prospect.data.dst import StepUpdate
-from prospect.data.sequence import IGNORE, SUMMARIZE_REQUEST, SequenceBuilder, decision_mask
+from prospect.data.sequence import IGNORE, LENGTH_CUT, SUMMARIZE_REQUEST, PromptContext, SequenceBuilder, decision_mask
 from prospect.model.backbone import load_backbone
 
 
@@ -31,15 +32,17 @@ def hand_clip() -> Clip:
 def parts_by_hand(b: SequenceBuilder, clip: Clip, limit: int, restart: str) -> int:
     """The sequences `clip` (hand_clip, longer) is cut into at `limit` tokens, from token lengths: the first holds
     the prompt, frames 10 and 11 with their turns and as many bare frames as fit; each later one the restarted
-    prompt (the state reached; with summarize, the progress) and as many bare frames as fit. Summarize keeps room
+    prompt (the state reached; with summarize, the progress), our restarts' kept reply and as many bare frames as
+    fit. Summarize keeps room
     for a part's closing (the request, a frame, the progress) from the frame after the progress."""
     frame, task = len(b.frame_ids()), clip.task
     first = (len(b.prompt_ids(task, {"S1": "not_started"})) + 2 * frame
              + sum(len(b.turn_ids(e)) for e in clip.events))  # the user turn after frame 10, DST and reply after 11
-    progress = "S1 in progress." if restart == "summarize" else None
+    progress = "S1 in progress." if restart != "dst_state" else None
     closing = (len(b.turn_ids_of("system", SUMMARIZE_REQUEST)) + frame + len(b.turn_ids_of("assistant", progress))
                if progress else 0)
-    later = len(b.prompt_ids(task, {"S1": "in_progress"}, progress))
+    kept = len(b.turn_ids_of("assistant", "First, place the red circle.")) if restart != LENGTH_CUT else 0
+    later = len(b.prompt_ids(task, {"S1": "in_progress"}, progress)) + kept
     in_first = 2 + (limit - closing - first) // frame
     per_part = (limit - closing - later) // frame
     return 1 + math.ceil((len(clip.frame_indices) - in_first) / per_part)
@@ -175,7 +178,7 @@ def test_restart_share_cuts_a_share_of_the_clips(tokenizer):
     parts = {}
     for c, seq in long.items:
         parts.setdefault(c, []).append(seq)
-    each = parts_by_hand(b, clips[0], limit, "summarize")
+    each = parts_by_hand(b, clips[0], limit, LENGTH_CUT)
     assert len(long) == 40 * each and all(len(p) == each and all(_contains(q.input_ids, request) for q in p[:-1])
                                           for p in parts.values())
 
@@ -186,7 +189,8 @@ def _contains(ids: list[int], part: list[int]) -> bool:
 
 def test_dst_state_cut_restarts_from_the_state_alone(tokenizer):
     """A clip cut as the dst_state strategy restarts: a part just stops after a frame's turns, and the next starts
-    from the prompt with the state reached and the knowledge, with no progress (that strategy generates none)."""
+    from the prompt with the state reached and the knowledge, with no progress (that strategy generates none), then
+    the kept reply."""
     clip = hand_clip()
     clip.video.end_frame = 100
     b = SequenceBuilder(tokenizer, 2, system_prompt="Please help.")
@@ -197,10 +201,43 @@ def test_dst_state_cut_restarts_from_the_state_alone(tokenizer):
     request = b.turn_ids_of("system", "Please summarize the progress.")
     assert not any(_contains(p.input_ids, request) for p in parts)
     restarted = ("<|im_start|>System: Please help.\nGoal: build\nSteps: S1 = place the red circle\n"
-                 "State: S1 in_progress<end_of_utterance>")
+                 "State: S1 in_progress<end_of_utterance><|im_start|>Assistant: First, place the red circle."
+                 "<end_of_utterance>")
     for p in parts[1:]:
         prompt = tokenizer.decode(p.input_ids[:p.input_ids.index(b.around_image_id)])
         assert prompt == restarted
     assert tokenizer.decode(parts[0].input_ids[-len(b.frame_ids()):]) == tokenizer.decode(b.frame_ids())
-    with pytest.raises(ValueError, match="restart must be one of summarize, dst_state"):
+    with pytest.raises(ValueError, match="restart must be one of upstream_summarize, summarize, dst_state"):
         b.build(clip, limit, restart="drop_all")
+
+
+def test_a_restart_keeps_the_reply_said_at_the_last_step_change(tokenizer):
+    """Our restarts keep, after the prompt, the last reply said at a frame with a DST update (an instruction; a
+    correction after it is not kept), or, in a clip with no reply at a DST update, the last reply; a clip cut only
+    for its length keeps none (upstream's layout). The kept turn is input, never learned."""
+    hand = hand_clip()
+    hand.video.end_frame = 100
+    correction = Event("assistant", 7.1, 13, "Careful, the circle should be red.")
+    with_update = dataclasses.replace(hand, events=[*hand.events, correction])
+    without = dataclasses.replace(hand, events=[e for e in with_update.events if e.role != "dst"])
+    b = SequenceBuilder(tokenizer, 2, system_prompt="Please help.")
+    limit = len(b.build(with_update)[0]) // 2
+    for clip, kept in ((with_update, "First, place the red circle."), (without, correction.text)):
+        for restart in ("summarize", "dst_state"):
+            parts = b.build(clip, limit, restart)
+            assert len(parts) > 2 and parts[1].frames[0] > 13, "cut after the correction"
+            for p in parts[1:]:
+                start = p.input_ids.index(b.around_image_id)
+                state = {"S1": "in_progress" if clip is with_update else "not_started"}
+                progress = "S1 in progress." if restart == "summarize" else None
+                expected = b.prompt_ids(clip.task, state, progress) + b.turn_ids_of("assistant", kept)
+                assert p.input_ids[:start] == expected, (restart, kept)
+                assert set(p.lm_targets[:start]) == {IGNORE}
+        for p in b.build(clip, limit)[1:]:
+            assert p.input_ids.index(b.around_image_id) == len(b.prompt_ids(
+                clip.task, {"S1": "in_progress" if clip is with_update else "not_started"}, "S1 in progress."))
+    context = PromptContext({})
+    for reply, update, kept in (("a", False, "a"), ("b", False, "b"), ("First", True, "First"),
+                                ("Careful", False, "First"), ("Next", True, "Next")):
+        context.said(reply, update)
+        assert context.kept_reply == kept

@@ -224,6 +224,40 @@ def test_dst_state_changes_only_through_parsed_updates(gen, clip, monkeypatch):
     assert stream.malformed_dst == 3  # unknown step, not the text form, start after completion
 
 
+@pytest.mark.parametrize("strategy", [SummarizeAndDrop(budget=300), DstStateRefresh(budget=300)], ids=lambda s: s.name)
+def test_our_restarts_keep_the_reply_said_at_the_last_step_change(gen, clip, monkeypatch, strategy):
+    """Our summarize and dst_state restart from the prompt and the stream's last reply said with a DST update
+    (a correction after it is not kept), as training cuts render it (SequenceBuilder.restart_ids)."""
+    script = {2: ("S1->start", "First, place the red circle."), 5: ("", "Careful, it should be red."),
+              30: ("S1->complete; S2->start", "Next, place the blue square."), 33: ("", "Careful, blue.")}
+    frame = iter(range(1000))  # the decoder is scripted: at each frame a DST turn, then a reply; summaries apart
+    at = {"frame": None, "replied": True}
+
+    def turn(cache, role, max_new_tokens=None):
+        if role == "dst":
+            at["frame"], at["replied"] = next(frame), False
+            return Turn(script.get(at["frame"], ("", ""))[0], False)
+        reply, at["replied"] = "summary" if at["replied"] else script.get(at["frame"], ("", ""))[1], True
+        return Turn(reply, False)
+
+    monkeypatch.setattr(gen.decoder, "turn", turn)
+    gen.strategy, gen.speaking_threshold, gen.dst_update_threshold = strategy, 0.0, 0.0
+    restarted, restart = [], CacheState.restart
+    monkeypatch.setattr(CacheState, "restart", lambda cache, ids: restarted.append(ids) or restart(cache, ids))
+    records = list(gen.stream(clip))
+    compressed_at = [i for i, r in enumerate(records) if r.compressions > (records[i - 1].compressions if i else 0)]
+    assert len(restarted) == 1 + len(compressed_at)  # the stream's start, then each compression
+    b, kept_replies = gen.builder, []
+    for i, ids in zip(compressed_at, restarted[1:], strict=True):
+        said = [(f, script[f]) for f in script if f < i]
+        with_update = [reply for f, (dst, reply) in said if dst]
+        kept = with_update[-1] if with_update else said[-1][1]
+        progress = "summary" if strategy.name == "summarize" else None
+        assert ids == b.prompt_ids(clip.task, records[i - 1].dst_state, progress) + b.turn_ids_of("assistant", kept)
+        kept_replies.append(kept)
+    assert set(kept_replies) == {"First, place the red circle.", "Next, place the blue square."}
+
+
 def test_summarize_conditions_the_continuation_on_its_summary(tiny_dir, clip):
     vlm, tok = load_backbone(str(tiny_dir))
     gen = StreamingGenerator.untrained(vlm, tok, TPF, strategy=SummarizeAndDrop(budget=300), max_new_tokens=6,
@@ -317,7 +351,7 @@ def test_drop_middle_keeps_the_prompt_and_the_first_user_turn(gen, clip):
     # silent: each frame adds its chunk; a compression keeps the prompt, the first user turn and 80 recent tokens
     sizes = [len(c) for c in chunks(gen, clip)]
     kept = len(prompt) + len(user) + 80
-    due = restarts(len(prompt), sizes, 360, lambda tokens: kept, needed(stream, clip))
+    due = restarts(len(prompt), sizes, 360, lambda tokens, i: kept, needed(stream, clip))
     assert records[-1].compressions == due and due >= 2
     ids = stream.cache.token_ids.tolist()
     assert ids[:len(prompt) + len(user)] == prompt + user

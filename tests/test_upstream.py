@@ -436,33 +436,41 @@ def test_summarize_restarts_with_the_summary_and_the_knowledge(tiny_dir, files, 
 
 
 def test_dst_state_restarts_as_training_cuts_for_it(tiny_dir, files):
-    """After a dst_state restart the cache starts with the very prompt that a clip cut for that restart starts its
-    later sequences with: the prompt and the knowledge turn, and no progress, though upstream's assistant turns
-    carry one (summarize's cut keeps it; this strategy generates none)."""
+    """After a dst_state restart the cache starts as a clip cut for that restart starts its later sequences: the
+    prompt and the knowledge turn, and no progress, though upstream's assistant turns carry one (summarize's cut
+    keeps it; this strategy generates none), then the last reply said before the cut (the stream's own; the
+    reference's in training: upstream's dialogs have no DST update to prefer a reply at)."""
     vlm, tok = load_backbone(str(tiny_dir))
     from prospect.stream.strategies import DstStateRefresh
 
     clip = _load(files["l0"])[1]
     assert any(e.progress for e in clip.events if e.role == "assistant")
     gen = StreamingGenerator.untrained(vlm, tok, 1, strategy=DstStateRefresh(budget=300), max_new_tokens=4,
-                             speaking_threshold=2.0, dst_update_threshold=2.0)
+                                       speaking_threshold=0.0, dst_update_threshold=2.0)  # a reply every frame
     stream = gen.stream(clip)
     records = list(stream)
-    sizes, restarted_tokens = fed(gen, clip), prompt_tokens(gen, clip, knowledge=True)
-    due = restarts(prompt_tokens(gen, clip), sizes, 300, lambda tokens: restarted_tokens,
-                   [s + 2 * stream.turn_reserve for s in sizes])  # silent: each frame adds what it feeds
-    assert records[-1].compressions == due and due >= 2
-    b = gen.builder
+    b, restarted = gen.builder, f"<|im_start|>System: {PROMPT_A} Task knowledge: {KNOWLEDGE}{EOT}"
+    last = max(i for i, r in enumerate(records) if r.compressions > (records[i - 1].compressions if i else 0))
+    assert last > 0 and records[-1].compressions >= 2
+    said = [r.text for r in records[:last] if r.text][-1]
     held = stream.cache.token_ids.tolist()
-    restarted = held[:held.index(b.around_image_id)]
-    assert tok.decode(restarted) == f"<|im_start|>System: {PROMPT_A} Task knowledge: {KNOWLEDGE}{EOT}"
+    assert tok.decode(held[:held.index(b.around_image_id)]) == f"{restarted}<|im_start|>Assistant: {said}{EOT}"
     parts = b.build(clip, 300, restart="dst_state")
+    replies = [e for e in clip.events if e.role == "assistant" and e.kind != "summary"]
     pieces = [len(b.frame_ids()) + sum(len(b.turn_ids(e)) for e in clip.events_after(f) if e.kind != "prompt")
               for f in clip.frame_indices]  # a frame and every turn after it, the reference's replies too
-    assert len(parts) == 1 + restarts(prompt_tokens(gen, clip), pieces, 300, lambda tokens: restarted_tokens)
-    assert len(restarted) == restarted_tokens
+
+    def kept(tokens: int, i: int) -> int:  # the restarted prompt and the last reply decided after an earlier frame
+        before = [e for e in replies if e.frame < clip.frame_indices[i]]
+        return prompt_tokens(gen, clip, knowledge=True) + (len(b.turn_ids(before[-1])) if before else 0)
+    assert len(parts) == 1 + restarts(prompt_tokens(gen, clip), pieces, 300, kept) >= 3
+    kept_replies = []
     for part in parts[1:]:
-        assert part.input_ids[:part.input_ids.index(b.around_image_id)] == restarted
+        text = tok.decode(part.input_ids[:part.input_ids.index(b.around_image_id)])
+        before = [e.text for e in replies if e.frame < part.frames[0]]
+        kept_replies += before[-1:]
+        assert text == restarted + (f"<|im_start|>Assistant: {before[-1]}{EOT}" if before else "")
+    assert len(set(kept_replies)) >= 2
 
 
 def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, files):
@@ -479,7 +487,7 @@ def test_drop_middle_keeps_the_knowledge_turn_and_says_when_it_cannot(tiny_dir, 
     knowledge = next(e for e in clip.events if e.kind == "knowledge")
     kept = prompt_tokens(gen, clip) + len(gen.builder.turn_ids(first_user)) + len(gen.builder.turn_ids(knowledge)) + 16
     sizes = fed(gen, clip)
-    due = restarts(prompt_tokens(gen, clip), sizes, 280, lambda tokens: kept,
+    due = restarts(prompt_tokens(gen, clip), sizes, 280, lambda tokens, i: kept,
                    [s + 2 * stream.turn_reserve for s in sizes])
     assert records[-1].compressions == due and due >= 2
     assert f"Task knowledge: {KNOWLEDGE}" in tok.decode(stream.cache.token_ids.tolist())
@@ -512,8 +520,8 @@ def test_upstream_settings_on_upstreams_dialog(tiny_dir, files):
 
     def by_hand(kept):  # 300 - 128 tokens or more: more than 171 (the next frame needs nothing more)
         return restarts(prompt + sizes[0], sizes[1:], 171, kept, [0] * (len(sizes) - 1))
-    due = {"upstream_drop_all": by_hand(lambda tokens: 0),
-           "upstream_drop_middle": by_hand(lambda tokens: first_user_end + min(40, tokens - first_user_end)
+    due = {"upstream_drop_all": by_hand(lambda tokens, i: 0),
+           "upstream_drop_middle": by_hand(lambda tokens, i: first_user_end + min(40, tokens - first_user_end)
                                            if tokens >= first_user_end else 0)}
     runs = {}
     for strategy in (UpstreamDropMiddle(budget=300, keep_recent=40), UpstreamDropAll(budget=300),

@@ -22,8 +22,10 @@ model did not decide to speak there), one that a user turn follows with nothing 
 unlabeled: the answer comes a frame later), and every frame of a summary-only clip (`metadata.summary_only`,
 upstream's `summary_*` files). Long clips are split at frame boundaries: a sequence cut short ends with that
 request, the next frame and the progress so far; the next one starts from the prompt with the DST state, the
-progress and the knowledge turn, as upstream's later splits and the summarize strategy's restarted cache do (or,
-cut as the dst_state strategy restarts, a sequence just stops and the next carries no progress).
+progress and the knowledge turn, as upstream's later splits and upstream's summarize restart do. A clip cut as our
+summarize or dst_state strategy restarts (RESTARTS) starts each later sequence with that prompt (dst_state's carries
+no progress: a sequence just stops) and then the reply the context keeps (PromptContext.kept_reply) as an
+assistant turn, input only, so that after a restart the model still reads which step it named last.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ IGNORE = -100
 # Words the prompt layout itself uses (for training a tokenizer that encodes them compactly).
 SUMMARIZE_REQUEST = "Please summarize the progress."  # the system turn that asks for a summary
 RESTARTS = ("summarize", "dst_state")  # the restarted caches a cut training clip can show (SequenceBuilder.build)
+LENGTH_CUT = "upstream_summarize"  # how a clip too long for max_seq_len is cut: as upstream writes its later splits
 PROMPT_WORDS = ["System:", "User:", "Assistant:", "DST:", "Goal:", "Knowledge:", "Steps:", "State:", "not_started",
                 "in_progress", "completed", "->start", "->complete", SUMMARIZE_REQUEST]
 # ours, where a config or a clip gives none (model.system_prompt: null)
@@ -132,6 +135,12 @@ class SequenceBuilder:
         knowledge turn so far (a later split starts with its own), and the state."""
         return self.prompt_ids(task, context.state, context.progress, context.system_prompt, context.knowledge)
 
+    def restart_ids(self, task: Task, context: PromptContext) -> list[int]:
+        """What our summarize and dst_state restart from: the prompt, then the reply the context keeps as an
+        assistant turn (none before any reply)."""
+        kept = self.turn_ids_of("assistant", context.kept_reply) if context.kept_reply else []
+        return self.context_prompt_ids(task, context) + kept
+
     def frame_ids(self) -> list[int]:
         return list(self._frame_ids)
 
@@ -149,21 +158,23 @@ class SequenceBuilder:
         return self.header_ids(role) + self.body_ids(text)
 
     # -- whole clips ----------------------------------------------------------------------------------------
-    def build(self, clip: Clip, max_seq_len: int | None = None, restart: str = "summarize") -> list[TokenSequence]:
+    def build(self, clip: Clip, max_seq_len: int | None = None, restart: str = LENGTH_CUT) -> list[TokenSequence]:
         """The clip as one sequence, or several when it exceeds max_seq_len (this call's, else the builder's),
-        each cut as the cache of the `restart` strategy is before and after its restart. `summarize`: a sequence
-        cut short ends with the summary request, the next frame and the progress so far as the (learned) answer;
-        the next one starts from the prompt with the state, that progress and the knowledge. `dst_state`: a
-        sequence just stops; the next one starts from the prompt with the state and the knowledge, and no progress
-        but the clip's own (that strategy generates none)."""
-        if restart not in RESTARTS:
-            raise ValueError(f"restart must be one of {', '.join(RESTARTS)}, got {restart!r}")
+        each cut as the cache of the `restart` strategy is before and after its restart. `upstream_summarize`
+        (upstream's later splits) and `summarize`: a sequence cut short ends with the summary request, the next
+        frame and the progress so far as the (learned) answer; the next one starts from the prompt with the
+        state, that progress and the knowledge. `dst_state`: a sequence just stops; the next one starts from the
+        prompt with the state and the knowledge, and no progress but the clip's own (that strategy generates
+        none). Ours (`summarize`, `dst_state`) then go on with the kept reply (restart_ids)."""
+        if restart not in (LENGTH_CUT, *RESTARTS):
+            raise ValueError(f"restart must be one of {', '.join((LENGTH_CUT, *RESTARTS))}, got {restart!r}")
         max_seq_len = max_seq_len or self.max_seq_len
         head_targets = not clip.metadata.get("summary_only")  # upstream's summary files train summaries alone
         context = PromptContext.of(clip)
         by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
-        seq = self._start(clip, context)
+        seq = TokenSequence(clip.id, clip.fps)
+        seq.append(self.context_prompt_ids(clip.task, context))
         before = by_frame.get(clip.video.start_frame - 1, [])
         self._add_turns(seq, before)
         context.advance(before)
@@ -174,13 +185,16 @@ class SequenceBuilder:
             events = by_frame.get(f, [])
             piece = TokenSequence(clip.id, clip.fps)  # rendered alone first, to split before it if needed
             self._add_frame(piece, f, events, head_targets)
-            if max_seq_len and restart == "summarize" and context.progress != measured:  # re-rendered only when
+            if max_seq_len and restart != "dst_state" and context.progress != measured:  # re-rendered only when
                 measured = context.progress                                                 # the progress changes
                 room = len(self._closing(clip, f, measured)) if measured else 0
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len and seq.frames:
                 if measured:
                     seq.extend(self._closing(clip, f, measured))
-                seq = self._start(clip, context if restart == "summarize" else replace(context, progress=kept_progress))
+                restarted = replace(context, progress=kept_progress) if restart == "dst_state" else context
+                seq = TokenSequence(clip.id, clip.fps)
+                seq.append(self.context_prompt_ids(clip.task, restarted) if restart == LENGTH_CUT
+                           else self.restart_ids(clip.task, restarted))
                 sequences.append(seq)
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
                 raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece) + room} "
@@ -195,11 +209,6 @@ class SequenceBuilder:
         closing.append(self.turn_ids_of("system", SUMMARIZE_REQUEST))
         self._add_frame(closing, frame, [Event("assistant", 0.0, frame, progress, kind="summary")])
         return closing
-
-    def _start(self, clip: Clip, context: PromptContext) -> TokenSequence:
-        seq = TokenSequence(clip.id, clip.fps)
-        seq.append(self.context_prompt_ids(clip.task, context))
-        return seq
 
     def _add_frame(self, seq: TokenSequence, frame: int, events: list[Event], head_targets: bool = True) -> None:
         seq.append(self.frame_ids())
@@ -231,12 +240,17 @@ class SequenceBuilder:
 @dataclass
 class PromptContext:
     """What a restarted prompt carries, followed through a clip's events: the DST state, the latest progress
-    (an assistant turn's `progress`, or a summary), the knowledge turn, and the clip's system prompt."""
+    (an assistant turn's `progress`, or a summary), the knowledge turn, and the clip's system prompt; and the
+    reply our restarts keep after it (`kept_reply`): the last one said at a frame with a DST update (the
+    instruction for the step that began there; a correction comes without one), or, while none has been, the
+    last reply."""
 
     state: dict[str, str]
     system_prompt: str | None = None
     progress: str | None = None
     knowledge: str | None = None
+    kept_reply: str | None = None
+    kept_at_update: bool = False  # kept_reply was said with a DST update
 
     @classmethod
     def of(cls, clip: Clip) -> PromptContext:
@@ -253,6 +267,10 @@ class PromptContext:
         return context
 
     def advance(self, events: list[Event]) -> None:
+        """Follow the events decided at one frame (or before the first)."""
+        replies = [e.text for e in events if e.role == "assistant" and e.kind != "summary"]
+        if replies:
+            self.said(replies[-1], any(e.role == "dst" for e in events))
         for e in events:
             if e.role == "dst":
                 self.state = apply_updates(self.state, e.updates)
@@ -262,6 +280,11 @@ class PromptContext:
                 self.progress = e.text
             elif e.role == "assistant" and e.progress:
                 self.progress = e.progress
+
+    def said(self, reply: str, with_update: bool) -> None:
+        """A reply said at a frame, `with_update` when a DST update was said there too."""
+        if with_update or not self.kept_at_update:
+            self.kept_reply, self.kept_at_update = reply, with_update
 
 
 def decision_mask(seq: TokenSequence, neg_rate: float, rng, mode: str = "perframe") -> list[bool]:

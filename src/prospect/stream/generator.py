@@ -286,8 +286,7 @@ class Stream(Iterator[FrameRecord]):
         self.cache.restart(self.initial_prompt)
         if before:
             self.cache.append([t for e in before for t in builder.turn_ids(e)])
-        for e in before:
-            self.take(e)
+        self.context.advance(list(before))  # one frame's turns, as training follows them
         self.first_user_seen = any(e.role == "user" for e in before)
         self.strategy.start(self, sum(len(builder.turn_ids(e)) for e in prefix_turns if e not in before))
         for item in frames:
@@ -319,6 +318,8 @@ class Stream(Iterator[FrameRecord]):
         if dst_text:
             self.dst.apply(dst_text)
         reply = gen.decoder.turn(cache, "assistant", cap) if speaking >= self.speaking_threshold else Turn("", False)
+        if reply.text:
+            self.context.said(reply.text, bool(dst_text))
         if self.first_user_seen and self.first_user_step_end is None:
             self.first_user_step_end = cache.tokens
         gen.warn_positions(self)
@@ -339,6 +340,11 @@ class Stream(Iterator[FrameRecord]):
         """The prompt with the tracked DST state, as the builder renders it: at the start the clip's own, on a
         restart carrying the progress and the knowledge turn seen so far."""
         return self.generator.builder.context_prompt_ids(self.task, self.context)
+
+    def restart_ids(self) -> list[int]:
+        """What our summarize and dst_state restart from, as training cuts for them render it: the prompt, then
+        the reply the stream keeps (PromptContext.kept_reply, of its own replies)."""
+        return self.generator.builder.restart_ids(self.task, self.context)
 
     def summarize(self, frame: str = "upcoming", gate: float | None = None) -> str:
         """The request, a frame (the `upcoming` one, as training renders it, or the `last` one fed, as upstream's

@@ -57,6 +57,9 @@ class Compressible(Protocol):
     def prompt(self) -> list[int]:
         """A restart's prompt: the tracked DST state, the progress and the knowledge turn seen so far."""
 
+    def restart_ids(self) -> list[int]:
+        """What our summarize and dst_state restart from: the prompt, then the reply kept (PromptContext)."""
+
     def summarize(self, frame: str = "upcoming", gate: float | None = None) -> str:
         """Ask for a progress summary into the cache, [request][frame][summary], with the `upcoming` frame or the
         `last` one fed; with a `gate`, only when the speaking head at that frame reaches it (else the summary is
@@ -255,14 +258,14 @@ class RedundancyScored(KeepsPrefix):
 class SummarizeAndDrop(Strategy):
     """Ask the model for a progress summary in training's layout ([request][the upcoming frame][summary]; upstream
     feeds the frame just fed again and lets the speaking head veto it: upstream_summarize), then restart from the
-    prompt carrying that summary and the knowledge turn."""
+    prompt carrying that summary and the knowledge turn, and the reply kept (the last said with a DST update)."""
 
     name = "summarize"
     position_mode = "rerotate"
 
     def compress(self, stream: Compressible) -> None:
         stream.summarize()
-        stream.cache.restart(stream.prompt())
+        stream.cache.restart(stream.restart_ids())
 
     def extra_reserve(self, stream: Compressible) -> int:
         return stream.summary_reserve
@@ -271,13 +274,13 @@ class SummarizeAndDrop(Strategy):
 @dataclass
 class DstStateRefresh(Strategy):
     """Restart from the prompt with the task steps, the *tracked* DST state and the knowledge turn (no
-    generation)."""
+    generation), and the reply kept (the last said with a DST update)."""
 
     name = "dst_state"
     position_mode = "rerotate"
 
     def compress(self, stream: Compressible) -> None:
-        stream.cache.restart(stream.prompt())
+        stream.cache.restart(stream.restart_ids())
 
 
 @dataclass
