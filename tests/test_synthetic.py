@@ -49,6 +49,23 @@ def test_split_unchanged_when_other_split_count_changes(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_training_alone_draws_mistake_cues_at_its_own_rate(tmp_path):
+    """mistake_prob is training's rate, eval_mistake_prob the val and test splits' (the same when not given):
+    a held-out video is the same bytes whatever training's rate."""
+    def corrections(root, split):
+        return sum(e.get("labels") == "initiative|correction" for line in (root / f"{split}.jsonl").open()
+                   for e in json.loads(line)["events"])
+    synthesize(tmp_path / "a", 4, 5, val_videos=0, test_videos=4, image_size=32, mistake_prob=0.3)
+    synthesize(tmp_path / "b", 4, 5, val_videos=0, test_videos=4, image_size=32, mistake_prob=1.0,
+               eval_mistake_prob=0.3)
+    synthesize(tmp_path / "c", 4, 5, val_videos=0, test_videos=4, image_size=32, mistake_prob=0.0)
+    assert (tmp_path / "a" / "test.jsonl").read_bytes() == (tmp_path / "b" / "test.jsonl").read_bytes()
+    assert corrections(tmp_path / "c", "test") == corrections(tmp_path / "c", "train") == 0
+    assert corrections(tmp_path / "b", "train") > corrections(tmp_path / "a", "train")
+    with pytest.raises(ValueError, match="eval_mistake_prob"):
+        synthesize(tmp_path / "d", 1, 0, eval_mistake_prob=1.5)
+
+
 def test_splits_written_in_clip_format(dataset):
     root, clips = dataset
     assert {split: len(c) for split, c in clips.items()} == {"train": 8, "val": 2, "test": 2}

@@ -158,36 +158,40 @@ def _generation_settings(image_size: int = 64, fps: float = 2.0, num_steps: tupl
                          tail_seconds: tuple[float, float] = (2.0, 4.0), mistake_prob: float = 0.3,
                          noise_std: float = 6.0, cue_mark: str = "triangle",
                          eval_num_steps: tuple[int, int] | None = None,
-                         eval_step_seconds: tuple[float, float] | None = None) -> dict:
+                         eval_step_seconds: tuple[float, float] | None = None,
+                         eval_mistake_prob: float | None = None) -> dict:
     """The generation settings and their defaults, in one place. `cue_mark` is what marks a mistake cue's
-    first frame (CUE_MARKS). `eval_num_steps` / `eval_step_seconds` replace num_steps / step_seconds in the
-    val and test splits (long held-out streams); None: the same."""
+    first frame (CUE_MARKS). `eval_num_steps` / `eval_step_seconds` / `eval_mistake_prob` replace num_steps /
+    step_seconds / mistake_prob in the val and test splits (long held-out streams); None: the same."""
     return dict(image_size=image_size, fps=fps, num_steps=tuple(num_steps), step_seconds=tuple(step_seconds),
                 lead_seconds=tuple(lead_seconds), tail_seconds=tuple(tail_seconds), mistake_prob=mistake_prob,
                 noise_std=noise_std, cue_mark=cue_mark, eval_num_steps=tuple(eval_num_steps or num_steps),
-                eval_step_seconds=tuple(eval_step_seconds or step_seconds))
+                eval_step_seconds=tuple(eval_step_seconds or step_seconds),
+                eval_mistake_prob=mistake_prob if eval_mistake_prob is None else eval_mistake_prob)
 
 
 def _split_settings(split: str, eval_num_steps: tuple[int, int], eval_step_seconds: tuple[float, float],
-                    **settings) -> dict:
+                    eval_mistake_prob: float, **settings) -> dict:
     """The settings one split's videos are drawn with."""
     if split != "train":
-        settings.update(num_steps=eval_num_steps, step_seconds=eval_step_seconds)
+        settings.update(num_steps=eval_num_steps, step_seconds=eval_step_seconds, mistake_prob=eval_mistake_prob)
     return settings
 
 
 def _check_settings(counts: dict[str, int], image_size: int, fps: float, num_steps: tuple[int, int],
                     step_seconds: tuple[float, float], lead_seconds: tuple[float, float],
                     tail_seconds: tuple[float, float], mistake_prob: float, noise_std: float, cue_mark: str,
-                    eval_num_steps: tuple[int, int], eval_step_seconds: tuple[float, float]) -> None:
+                    eval_num_steps: tuple[int, int], eval_step_seconds: tuple[float, float],
+                    eval_mistake_prob: float) -> None:
     if min(counts.values()) < 0:
         raise ValueError(f"video counts must be >= 0, got {counts}")
     if image_size < 16:
         raise ValueError(f"image_size {image_size} is too small to draw the slots (use >= 16)")
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    if not 0 <= mistake_prob <= 1:
-        raise ValueError(f"mistake_prob must be in [0, 1], got {mistake_prob}")
+    for name, prob in (("mistake_prob", mistake_prob), ("eval_mistake_prob", eval_mistake_prob)):
+        if not 0 <= prob <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
     if cue_mark not in CUE_MARKS:
         raise ValueError(f"cue_mark must be one of {CUE_MARKS}, got {cue_mark!r}")
     for name, (lo, hi) in (("num_steps", num_steps), ("eval_num_steps", eval_num_steps)):
