@@ -93,6 +93,9 @@ def test_perframe_tiny_is_what_perframe_was():
     assert now["model"].pop("system_prompt") is None and before.pop("model.system_prompt") == DEFAULT_SYSTEM_PROMPT
     # issue #26: a sweep over strategies and budgets replaces the settings when given (eval.py); none by default
     assert (now["stream"].pop("strategies"), now["stream"].pop("budgets")) == (None, None)
+    # issue #24: the pretrained default trains on more mistake cues; the tiny model keeps the generator's rate
+    synthetic = now["data"]["synthetic"]
+    assert synthetic.pop("mistake_prob") == synthetic.pop("eval_mistake_prob") == 0.3
     assert leaves(now) == before
 
 
