@@ -173,8 +173,7 @@ class SequenceBuilder:
         context = PromptContext.of(clip)
         by_frame = clip.events_by_frame(lambda e: e.kind != "prompt")  # the prompt is rendered as such
 
-        seq = TokenSequence(clip.id, clip.fps)
-        seq.append(self.context_prompt_ids(clip.task, context))
+        seq = self._start(clip, self.context_prompt_ids(clip.task, context))
         before = by_frame.get(clip.video.start_frame - 1, [])
         self._add_turns(seq, before)
         context.advance(before)
@@ -192,9 +191,8 @@ class SequenceBuilder:
                 if measured:
                     seq.extend(self._closing(clip, f, measured))
                 restarted = replace(context, progress=kept_progress) if restart == "dst_state" else context
-                seq = TokenSequence(clip.id, clip.fps)
-                seq.append(self.context_prompt_ids(clip.task, restarted) if restart == LENGTH_CUT
-                           else self.restart_ids(clip.task, restarted))
+                seq = self._start(clip, self.context_prompt_ids(clip.task, restarted) if restart == LENGTH_CUT
+                                  else self.restart_ids(clip.task, restarted))
                 sequences.append(seq)
             if max_seq_len and len(seq) + len(piece) + room > max_seq_len:
                 raise ValueError(f"clip {clip.id}: frame {f} and its turns need {len(seq) + len(piece) + room} "
@@ -209,6 +207,11 @@ class SequenceBuilder:
         closing.append(self.turn_ids_of("system", SUMMARIZE_REQUEST))
         self._add_frame(closing, frame, [Event("assistant", 0.0, frame, progress, kind="summary")])
         return closing
+
+    def _start(self, clip: Clip, prompt_ids: list[int]) -> TokenSequence:
+        seq = TokenSequence(clip.id, clip.fps)
+        seq.append(prompt_ids)
+        return seq
 
     def _add_frame(self, seq: TokenSequence, frame: int, events: list[Event], head_targets: bool = True) -> None:
         seq.append(self.frame_ids())

@@ -286,7 +286,7 @@ class Stream(Iterator[FrameRecord]):
         self.cache.restart(self.initial_prompt)
         if before:
             self.cache.append([t for e in before for t in builder.turn_ids(e)])
-        self.context.advance(list(before))  # one frame's turns, as training follows them
+        self.take(before)
         self.first_user_seen = any(e.role == "user" for e in before)
         self.strategy.start(self, sum(len(builder.turn_ids(e)) for e in prefix_turns if e not in before))
         for item in frames:
@@ -309,7 +309,7 @@ class Stream(Iterator[FrameRecord]):
         for e, ids in zip(item.events, turns, strict=True):
             self.strategy.fed(self, e, slot, slot + len(ids))
             self.first_user_seen = self.first_user_seen or e.role == "user"
-            self.take(e)
+            self.take([e])
             slot += len(ids)
         speaking = float(torch.sigmoid(gen.speaking_head(hidden)))
         dst = float(torch.sigmoid(gen.dst_head(hidden)))
@@ -377,7 +377,8 @@ class Stream(Iterator[FrameRecord]):
         """Tokens a frame and its generated turns may take: the frame, then a DST update and a reply at most."""
         return len(self.generator.builder.frame_ids()) + 2 * self.turn_reserve
 
-    def take(self, event: Event) -> None:
-        """Follow a fed turn as training does (PromptContext.advance): a DST update given as context moves the
-        state (it must fit, else TransitionError), a knowledge turn is kept for restarted prompts."""
-        self.context.advance([event])
+    def take(self, events: Sequence[Event]) -> None:
+        """Follow turns fed at one frame (or before the first) as training does (PromptContext.advance): a DST
+        update given as context moves the state (it must fit, else TransitionError), a knowledge turn is kept
+        for restarted prompts, a reply said with a DST update is the one restarts keep."""
+        self.context.advance(list(events))
