@@ -124,7 +124,7 @@ def test_the_default_run_is_the_pretrained_model():
     assert (cfg["trainer"]["max_epochs"], cfg["trainer"]["precision"]) == (1, "bf16-mixed")
     assert cfg["loss"]["balance"] == "plain"  # every frame weighs the same (docs/design.md, Losses)
     d = cfg["data"]
-    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (60, 640, 0.5)
+    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (50, 640, 0.5)
     assert resolved([], "eval")["model"] == resolved(["model=smolvlm_256m_local"])["model"]
 
 
@@ -154,7 +154,7 @@ def test_every_model_and_data_choice_composes(experiment):
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name
             assert d["_target_"] == "prospect.data.datamodule.ProspectDataModule" and d["seed"] == cfg["seed"], name
             if data == "synthetic":
-                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 60, name
+                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 50, name
                 assert d["synthetic"]["val_videos"] == 5 and d["restart_share"] == 0.5, name
             else:  # clip files: nothing of the synthetic generator
                 assert d["root"] == "/clips" and "synthetic" not in d and "num_videos" not in d, name
