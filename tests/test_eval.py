@@ -250,10 +250,11 @@ def test_eval_config_takes_other_data():
 
 def test_calibrate_picks_speaking_then_dst_update_hand_worked(monkeypatch):
     """Two settings over a hand-made grid of scores: speaking first (by dialog F1, DST at its default 0.5), then
-    DST (by DST F1 at that speaking threshold); each pair is streamed once, each stage in one batched pass."""
+    DST (by DST F1 at that speaking threshold; summarize_1k's three tie, and the middle one is taken); each pair is
+    streamed once, each stage in one batched pass."""
     f1 = {"none": {0.3: 0.6, 0.5: 0.8, 0.7: 0.7}, "summarize_1k": {0.3: 0.9, 0.5: 0.5, 0.7: 0.4}}
     dst_f1 = {"none": {(0.5, 0.3): 0.2, (0.5, 0.5): 0.4, (0.5, 0.7): 0.9},
-              "summarize_1k": {(0.3, 0.3): 0.8, (0.3, 0.5): 0.1, (0.3, 0.7): 0.3}}
+              "summarize_1k": {(0.3, 0.3): 0.8, (0.3, 0.5): 0.8, (0.3, 0.7): 0.8}}
     calls = []
 
     def fake_stream_runs(generator, clips, runs, memo, desc, batch_size):
@@ -267,11 +268,24 @@ def test_calibrate_picks_speaking_then_dst_update_hand_worked(monkeypatch):
     monkeypatch.setattr(streaming, "score", fake_score)
     out = streaming.calibrate(SimpleNamespace(encode=None), [], ["none", "summarize_1k"], None, [0.3, 0.5, 0.7],
                               [0.3, 0.5, 0.7], default=(0.5, 0.5))
-    assert out["none"]["thresholds"] == (0.5, 0.7) and out["summarize_1k"]["thresholds"] == (0.3, 0.3)
+    assert out["none"]["thresholds"] == (0.5, 0.7) and out["summarize_1k"]["thresholds"] == (0.3, 0.5)
     pairs = [run for c in calls for run in c]
     assert len(calls) == 2 and len(pairs) == len(set(pairs)) == 5 + 5  # 3 speaking + 2 new DST pairs per setting
     grid = {(g["speaking_threshold"], g["dst_update_threshold"]): g["f1"] for g in out["none"]["grid"]}
     assert grid == {(0.3, 0.5): 0.6, (0.5, 0.5): 0.8, (0.7, 0.5): 0.7, (0.5, 0.3): 0.8, (0.5, 0.7): 0.8}
+
+
+def test_best_threshold_takes_the_middle_of_a_tie():
+    """The best score wins; of tied ones the middle (the lower of two middles), not the first in the grid."""
+    def best(scores):
+        return streaming.best_threshold(list(scores), scores.get)
+
+    assert best({0.3: 0.9, 0.5: 0.9, 0.7: 0.9}) == 0.5
+    assert best({0.7: 0.9, 0.3: 0.9, 0.5: 0.9}) == 0.5  # by value, whatever the grid's order
+    assert best({0.3: 0.9, 0.5: 0.9, 0.7: 0.8}) == 0.3
+    assert best({0.3: 0.8, 0.5: 0.9, 0.7: 0.9}) == 0.5
+    assert best({0.2: 0.9, 0.4: 0.9, 0.6: 0.9, 0.8: 0.9}) == 0.4
+    assert best({0.3: 0.7, 0.5: 0.6, 0.7: 0.9}) == 0.7
 
 
 def test_content_scores_hand_worked():

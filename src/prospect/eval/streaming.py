@@ -11,7 +11,7 @@ before the first frame are context the stream is given, not reference.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,12 +222,22 @@ def _head_metrics(streamed: list[StreamedClip]) -> dict[str, float]:
     return out
 
 
+def best_threshold(thresholds: Sequence[float], score: Callable[[float], float]) -> float:
+    """The threshold of the best score; of several that tie, the middle one (the lower of the two middle ones),
+    the farthest from where the score falls. A few calibration clips often score every threshold alike, and the
+    lowest of a tie then speaks at every borderline frame of the evaluated split (README, "What the demo reaches")."""
+    best = max(score(t) for t in thresholds)
+    tied = sorted(t for t in thresholds if score(t) == best)
+    return tied[(len(tied) - 1) // 2]
+
+
 def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Sequence[str],
               similarity: Similarity, speaking: Sequence[float], dst_update: Sequence[float], default: Thresholds,
               window: tuple[float, float] | None = None, store: FeatureStore | None = None, batch_size: int = 1
               ) -> dict[str, dict]:
     """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
-    threshold with the best DST F1 at that speaking threshold (frame features from `store` when given). Every
+    threshold with the best DST F1 at that speaking threshold (ties: best_threshold; frame features from `store`
+    when given). Every
     speaking threshold of every setting streams in one batched pass, then every DST threshold. A setting whose
     budget does not fit at some threshold keeps the `default` thresholds and says why (`does_not_fit`).
     Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_update_threshold", "f1",
@@ -245,13 +255,13 @@ def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Se
         return [s for s in settings if not any("does_not_fit" in m for m in grid[s].values())]
 
     run([(s, (p, default[1])) for p in speaking for s in settings], "speaking")
-    best_speaking = {s: max(speaking, key=lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in fitting()}
+    best_speaking = {s: best_threshold(speaking, lambda p, s=s: grid[s][(p, default[1])]["f1"]) for s in fitting()}
     run([(s, (best_speaking[s], d)) for d in dst_update for s in best_speaking], "DST updates")
     out = {}
     for s in settings:
         out[s] = {"thresholds": default}
         if s in fitting():
-            best_dst = max(dst_update, key=lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
+            best_dst = best_threshold(dst_update, lambda d, s=s: grid[s][(best_speaking[s], d)]["dst_f1"])
             out[s]["thresholds"] = (best_speaking[s], best_dst)
         else:
             out[s]["does_not_fit"] = next(m["does_not_fit"] for m in grid[s].values() if "does_not_fit" in m)
