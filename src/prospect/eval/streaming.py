@@ -237,9 +237,9 @@ def calibrate(generator: StreamingGenerator, clips: Sequence[Clip], settings: Se
               ) -> dict[str, dict]:
     """Per setting, the speaking threshold with the best dialog F1 (DST threshold at its default), then the DST
     threshold with the best DST F1 at that speaking threshold (ties: best_threshold; frame features from `store`
-    when given). Every
-    speaking threshold of every setting streams in one batched pass, then every DST threshold. A setting whose
-    budget does not fit at some threshold keeps the `default` thresholds and says why (`does_not_fit`).
+    when given). Every speaking threshold of every setting streams in one batched pass, then every DST threshold.
+    A setting whose budget does not fit at some threshold keeps the `default` thresholds and says why
+    (`does_not_fit`).
     Returns {setting: {"thresholds": (s, d), "grid": [{"speaking_threshold", "dst_update_threshold", "f1",
     "dst_f1"}, ...], "does_not_fit" where it did not}}."""
     memo = FeatureMemo(generator, store)
