@@ -11,7 +11,7 @@ from upstream import write_upstream
 from prospect.data import load_clips
 from prospect.data.clip import Event
 from prospect.data.errors import ClipWarning
-from prospect.eval.restarts import _replies_said, replies_after_restarts
+from prospect.eval.restarts import _said, replies_after_restarts
 from prospect.eval.streaming import FeatureMemo
 from prospect.model.backbone import load_backbone
 from prospect.model.vision import embed_with_frames
@@ -59,10 +59,30 @@ def test_a_reply_is_said_when_greedy_decoding_gives_every_token_of_it(gen, clip)
     seq.input_ids[at[1]:at[1] + len(body)] = said
     seq.lm_targets[at[1] - 1:at[1] - 1 + len(body)] = said
     memo = FeatureMemo(gen)
-    assert _replies_said(gen, clip, seq, memo) == [False, True, False]
+    assert _said(gen, clip, seq, memo) == ([False, True, False], None)
     # one token off, and it is not said
     seq.lm_targets[at[1] + 1] = (said[2] + 1) % len(gen.tokenizer)
-    assert _replies_said(gen, clip, seq, memo) == [False, False, False]
+    assert _said(gen, clip, seq, memo) == ([False, False, False], None)
+
+
+def test_a_summary_is_written_when_greedy_decoding_gives_every_token_of_it(gen, clip):
+    clip = _with_replies(clip, frames=(6, 12, 24, 30, 44, 50))
+    b = gen.builder
+    seq = b.build(clip, 280, "summarize")[0]
+    frames = [gen.encode(clip, f) for f in seq.frames]
+    request = b.turn_ids_of("system", "Please summarize the progress.")
+    header = len(request) + len(b.frame_ids()) + len(b.header_ids("assistant"))
+    start = _occurrences(seq.input_ids, request)[-1] + header  # the summary's first token
+    assert b.tokenizer.decode(seq.input_ids[start:]).startswith(" 1 done.")  # the progress of its one reply
+    # the summary becomes the model's own greedy continuation: written, and the replies are still counted apart
+    said = _greedy(gen, seq.input_ids[:start], frames, len(seq) - start)
+    seq.input_ids[start:] = said
+    seq.lm_targets[start - 1:len(seq) - 1] = said
+    memo = FeatureMemo(gen)
+    replies, written = _said(gen, clip, seq, memo)
+    assert written is True and len(replies) == 1
+    seq.lm_targets[start] = (said[1] + 1) % len(gen.tokenizer)  # one token off
+    assert _said(gen, clip, seq, memo) == (replies, False)
 
 
 def test_each_cut_counts_its_first_reply_and_never_the_closing_summary(gen, clip):
@@ -81,12 +101,14 @@ def test_each_cut_counts_its_first_reply_and_never_the_closing_summary(gen, clip
         assert result[restart]["replies"] == len(with_reply), restart
         if restart == "summarize":  # parts end with a summary; some have no reply before it (it must not count)
             assert all(_occurrences(p.input_ids, request) for p in parts[:-1]) and 0 < len(with_reply) < len(parts) - 1
+            assert result["summaries"]["summaries"] == len(parts) - 1  # each closing summary, written or not
 
 
 def test_upstream_shaped_files_count_every_reference_reply_and_never_their_summaries(gen, tmp_path):
     """Several dialogs per video, knowledge turns, later splits that end with the reference's summary, DST
     clips with updates before the first frame and the fork's two transitions at one time: every assistant turn
-    of the reference is one reply of the whole clips (its summaries none), and each file can be cut."""
+    of the reference is one reply of the whole clips (its summaries none), and each file can be cut, each
+    summary a summarize cut closes with asked."""
     files = write_upstream(tmp_path)
     for key in ("l0", "splits", "dst", "fork"):
         with warnings.catch_warnings():
@@ -96,3 +118,7 @@ def test_upstream_shaped_files_count_every_reference_reply_and_never_their_summa
         result = replies_after_restarts(gen, clips, 400)
         assert result["whole"]["replies"] == replies > 0, key
         assert result["summarize"]["replies"] > 0 and result["dst_state"]["replies"] > 0, key
+        request = gen.builder.turn_ids_of("system", "Please summarize the progress.")
+        cut = [p for c in clips for p in gen.builder.build(c, 400, "summarize")]
+        closing = [p for p in cut if _occurrences(p.input_ids, request)]
+        assert result["summaries"]["summaries"] == len(closing), key  # none where the file has no progress to learn

@@ -115,6 +115,29 @@ def test_dst_updates_apply_and_complete_every_step(dataset):
     assert len(durations) > 3  # transition times are not a fixed rhythm
 
 
+def test_progress_names_the_instructed_step_first_then_those_before_it(dataset):
+    """A summary is learned as the progress: the step the last instruction named, then the steps before it in order
+    (docs/synthetic-tasks.md, "Summaries"), as the DST events left the state."""
+    _, clips = dataset
+    for clip in all_clips(clips):
+        names = [s.name for s in clip.task.steps]
+        state, instructed = dict(clip.task.initial_state), None  # the index of the step the last instruction named
+        for e in clip.events:
+            if e.role == "dst":
+                state = apply_updates(state, e.updates)
+            if e.role != "assistant":
+                continue
+            if e.labels == "initiative|instruction":
+                instructed = next(k for k, n in enumerate(names) if n in e.text.lower())
+            elif e.text.startswith("All steps are done"):
+                instructed = len(names)
+            assert instructed is not None, (clip.id, e)
+            doing = names[instructed] if instructed < len(names) else "none"
+            done = [n for n, st in zip(names, state.values(), strict=True) if st == "completed"]
+            assert done == names[:instructed], (clip.id, e)
+            assert e.progress == f"In progress: {doing}. Completed: {', '.join(done) or 'none'}.", (clip.id, e)
+
+
 def slot_change(a: np.ndarray, b: np.ndarray, slot: int) -> float:
     """Fraction of the slot's pixels whose colour changed by far more than the per-frame noise."""
     x0, y0, x1, y1 = slot_box(slot, SIZE)

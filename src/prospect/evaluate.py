@@ -72,7 +72,8 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         summary = {"split": cfg.split, "clips": len(clips), "restart_len": datamodule.restart_len, **replies}
         (out_dir / "replies_after_restarts.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("replies said teacher-forced (%s split, cut at %d tokens): %s", cfg.split, datamodule.restart_len,
-                 ", ".join(f"{k} {v['accuracy']:.3f} of {v['replies']}" for k, v in replies.items()))
+                 ", ".join(f"{k} {v['accuracy']:.3f} of {v.get('replies', v.get('summaries'))}"
+                           for k, v in replies.items()))
     results = evaluate(generator, clips, settings, encoder, thresholds, window, desc=f"streaming {cfg.split}",
                        store=store, batch_size=cfg.stream.batch_size)
     report = {s: {**r.metrics, "speaking_threshold": r.thresholds[0], "dst_update_threshold": r.thresholds[1],

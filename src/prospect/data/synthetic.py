@@ -25,7 +25,7 @@ from prospect.data.dst import StepUpdate, apply_updates
 from prospect.data.frames import write_arrow_frames
 from prospect.data.timebase import frame_at
 
-VERSION = 2  # of the rendering and events: data written by another version is regenerated
+VERSION = 3  # of the rendering and events: data written by another version is regenerated
 SPLITS = {"train": 0, "val": 1, "test": 2}  # split name -> code in the per-video RNG seed
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
@@ -238,9 +238,12 @@ def _plan_steps(rng: np.random.Generator, num_steps: tuple[int, int], step_secon
 
 
 def _progress(steps: list[_StepPlan], state: dict[str, str]) -> str:
+    """The step in progress first: the last instruction named it, and the completed ones are the steps before it.
+    A model writing the completed list first has to count them, and a summary that miscounts sends the stream
+    back a step (docs/synthetic-tasks.md, "Summaries")."""
     done = [s.name for s, st in zip(steps, state.values(), strict=True) if st == "completed"]
     doing = [s.name for s, st in zip(steps, state.values(), strict=True) if st == "in_progress"]
-    return f"Completed: {', '.join(done) or 'none'}. In progress: {', '.join(doing) or 'none'}."
+    return f"In progress: {', '.join(doing) or 'none'}. Completed: {', '.join(done) or 'none'}."
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ the replies said before it. A stream mixes this with every other decision (when 
 said, where the budget fell); teacher-forced it is one question per restart. Each clip is cut as training cuts
 it for a restart (SequenceBuilder.build) and the first reply after each cut counts as said when the model's
 argmax gives every token of the reference reply; every reply of the whole clips, counted the same way, is the
-level to compare with (docs/evaluation.md, "Replies after a restart").
+level to compare with (docs/evaluation.md, "Replies after a restart"). The summary a summarize cut closes with
+is what the restarted prompt carries in a stream, where the model writes it itself: it counts as written when
+the argmax gives every token of the reference progress.
 """
 
 from __future__ import annotations
@@ -27,37 +29,51 @@ from prospect.stream.generator import StreamingGenerator
 def replies_after_restarts(generator: StreamingGenerator, clips: Sequence[Clip], restart_len: int,
                            restarts: Sequence[str] = RESTARTS, store: FeatureStore | None = None
                            ) -> dict[str, dict[str, float]]:
-    """{"whole": ..., "<restart>": ...}, each {"accuracy": share of the replies said right, "replies": how many}:
-    every reply of the whole clips, and the first reply after each cut of the clips cut at `restart_len`
-    tokens as `restart` leaves the cache (a part with no reply before its closing summary counts for nothing).
-    Frame features come as streaming takes them (FeatureMemo: `store` when given, else the vision encoder),
-    each once per video."""
+    """{"whole": ..., "<restart>": ..., "summaries": ...}: {"accuracy": share said right, "replies": how many} of
+    every reply of the whole clips, and of the first reply after each cut of the clips cut at `restart_len`
+    tokens as `restart` leaves the cache (a part with no reply before its closing summary counts for nothing);
+    with summarize among `restarts`, {"accuracy": share written right, "summaries": how many} of the summaries
+    its cuts close with. Frame features come as streaming takes them (FeatureMemo: `store` when given, else the
+    vision encoder), each once per video."""
     said: dict[str, list[bool]] = {name: [] for name in ("whole", *restarts)}
+    written: list[bool] = []
     memo = FeatureMemo(generator, store)
     for clip in clips:
         for seq in generator.builder.build(clip):
-            said["whole"] += _replies_said(generator, clip, seq, memo)
+            said["whole"] += _said(generator, clip, seq, memo)[0]
         for restart in restarts:
-            for part in generator.builder.build(clip, restart_len, restart)[1:]:
-                said[restart] += _replies_said(generator, clip, part, memo)[:1]
+            parts = generator.builder.build(clip, restart_len, restart)
+            for k, part in enumerate(parts):
+                replies, summary = _said(generator, clip, part, memo)
+                said[restart] += replies[:1] if k else []
+                written += [summary] if summary is not None and restart == "summarize" else []
         memo.forget(clip)
-    return {name: {"accuracy": sum(s) / len(s) if s else float("nan"), "replies": len(s)} for name, s in said.items()}
+    result = {name: {"accuracy": _share(s), "replies": len(s)} for name, s in said.items()}
+    if "summarize" in restarts:
+        result["summaries"] = {"accuracy": _share(written), "summaries": len(written)}
+    return result
 
 
-def _replies_said(generator: StreamingGenerator, clip: Clip, seq: TokenSequence, memo: FeatureMemo) -> list[bool]:
-    """Per learned reply of `seq`, a sequence of `clip` (its closing summary aside), in order: is the argmax every
-    token of it?"""
+def _share(right: list[bool]) -> float:
+    return sum(right) / len(right) if right else float("nan")
+
+
+def _said(generator: StreamingGenerator, clip: Clip, seq: TokenSequence, memo: FeatureMemo
+          ) -> tuple[list[bool], bool | None]:
+    """Of `seq`, a sequence of `clip`: per learned reply, in order, is the argmax every token of it? And of its
+    closing summary (None without one), is the argmax every token of it?"""
     vlm = generator.vlm
     ids = torch.tensor([seq.input_ids], device=generator.device)
     frames = torch.cat([memo(clip, f) for f in seq.frames]) if seq.frames else None
     hidden = vlm.model.text_model(inputs_embeds=embed_with_frames(vlm, ids, frames)).last_hidden_state[0]
-    end = _summary_request_at(seq.input_ids, generator.summarize_request_ids)
-    positions = [p for p, t in enumerate(seq.lm_targets[:end]) if t != IGNORE]
+    positions = [p for p, t in enumerate(seq.lm_targets) if t != IGNORE]
     if not positions:
-        return []
+        return [], None
     right = (vlm.lm_head(hidden[positions]).argmax(-1).cpu() == torch.tensor([seq.lm_targets[p] for p in positions]))
     starts = [0] + [k for k in range(1, len(positions)) if positions[k] != positions[k - 1] + 1]
-    return [bool(right[a:b].all()) for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)]
+    turns = [bool(right[a:b].all()) for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)]
+    closes = _summary_request_at(seq.input_ids, generator.summarize_request_ids) < len(seq.input_ids)
+    return (turns[:-1], turns[-1]) if closes else (turns, None)
 
 
 def _summary_request_at(ids: list[int], request: list[int]) -> int:
