@@ -42,11 +42,13 @@ def replies_after_restarts(generator: StreamingGenerator, clips: Sequence[Clip],
         for seq in generator.builder.build(clip):
             said["whole"] += _said(generator, clip, seq, memo)[0]
         for restart in restarts:
-            parts = generator.builder.build(clip, restart_len, restart)
-            for k, part in enumerate(parts):
+            for k, part in enumerate(generator.builder.build(clip, restart_len, restart)):
+                if k == 0 and restart != "summarize":
+                    continue  # no restart before it, and no summary after it: nothing to ask
                 replies, summary = _said(generator, clip, part, memo)
                 said[restart] += replies[:1] if k else []
-                written += [summary] if summary is not None and restart == "summarize" else []
+                if restart == "summarize" and summary is not None:
+                    written.append(summary)
         memo.forget(clip)
     result = {name: {"accuracy": _share(s), "replies": len(s)} for name, s in said.items()}
     if "summarize" in restarts:
@@ -72,11 +74,11 @@ def _said(generator: StreamingGenerator, clip: Clip, seq: TokenSequence, memo: F
     right = (vlm.lm_head(hidden[positions]).argmax(-1).cpu() == torch.tensor([seq.lm_targets[p] for p in positions]))
     starts = [0] + [k for k in range(1, len(positions)) if positions[k] != positions[k - 1] + 1]
     turns = [bool(right[a:b].all()) for a, b in zip(starts, [*starts[1:], len(positions)], strict=True)]
-    closes = _summary_request_at(seq.input_ids, generator.summarize_request_ids) < len(seq.input_ids)
+    closes = _asks_summary(seq.input_ids, generator.summarize_request_ids)
     return (turns[:-1], turns[-1]) if closes else (turns, None)
 
 
-def _summary_request_at(ids: list[int], request: list[int]) -> int:
-    """Where a cut part's closing summary request starts (the end of `ids` when it has none)."""
+def _asks_summary(ids: list[int], request: list[int]) -> bool:
+    """Whether a sequence holds the summary request (a cut part's closing one, or a later split's own)."""
     n = len(request)
-    return next((i for i in range(len(ids) - n, -1, -1) if ids[i:i + n] == request), len(ids))
+    return any(ids[i:i + n] == request for i in range(len(ids) - n, -1, -1))
