@@ -63,7 +63,7 @@ def test_perframe_tiny_is_what_perframe_was():
     assert (now.pop("task_name"), before.pop("task_name")) == ("perframe_tiny", "perframe")
     assert now["data"].pop("restarts") == ["summarize", "dst_state"]
     assert now["data"]["synthetic"].pop("num_steps") == [3, 5] and now["stream"].pop("dtype") == "float32"
-    assert now["data"]["synthetic"].pop("cue_mark") == "triangle"  # the generator's (the data config draws a ring)
+    assert now["data"]["synthetic"].pop("cue_mark") == "triangle"  # the generator's (the data config: board)
     assert now["data"]["root"] == f"{REPO}/data/synthetic_tiny"
     now["data"]["root"] = f"{REPO}/data/synthetic"
     # the paths group: files under the project root, absolute
@@ -124,7 +124,8 @@ def test_the_default_run_is_the_pretrained_model():
     assert (cfg["trainer"]["max_epochs"], cfg["trainer"]["precision"]) == (1, "bf16-mixed")
     assert cfg["loss"]["balance"] == "plain"  # every frame weighs the same (docs/design.md, Losses)
     d = cfg["data"]
-    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (50, 640, 0.5)
+    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (42, 640, 0.5)
+    assert (d["synthetic"]["num_steps"], d["synthetic"]["cue_mark"]) == ([6, 6], "board")  # docs/synthetic-tasks.md
     assert resolved([], "eval")["model"] == resolved(["model=smolvlm_256m_local"])["model"]
 
 
@@ -154,7 +155,7 @@ def test_every_model_and_data_choice_composes(experiment):
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name
             assert d["_target_"] == "prospect.data.datamodule.ProspectDataModule" and d["seed"] == cfg["seed"], name
             if data == "synthetic":
-                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 50, name
+                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 42, name
                 assert d["synthetic"]["val_videos"] == 5 and d["restart_share"] == 0.5, name
             else:  # clip files: nothing of the synthetic generator
                 assert d["root"] == "/clips" and "synthetic" not in d and "num_videos" not in d, name

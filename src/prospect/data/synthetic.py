@@ -25,7 +25,7 @@ from prospect.data.dst import StepUpdate, apply_updates
 from prospect.data.frames import write_arrow_frames
 from prospect.data.timebase import frame_at
 
-VERSION = 3  # of the rendering and events: data written by another version is regenerated
+VERSION = 4  # of the rendering and events: data written by another version is regenerated
 SPLITS = {"train": 0, "val": 1, "test": 2}  # split name -> code in the per-video RNG seed
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
@@ -52,8 +52,9 @@ _SUPERSAMPLE = 4
 _HAND_JITTER = 0.012  # largest hand offset per axis, as a fraction of the image size (0.8 px at 64 px)
 _CUE_MARGIN = 3  # frames kept between a mistake cue and either end of its step (clear of the one-frame rings)
 _CUE_FRAMES = (2, 4)
-CUE_MARKS = ("triangle", "ring")  # a mistake cue's first frame: a small orange triangle, or an orange ring as
-                                  # large as a step's white one (docs/synthetic-tasks.md)
+CUE_MARKS = ("triangle", "ring", "board")  # a mistake cue's first frame: a small orange triangle, an orange ring
+                                           # as large as a step's white one, or the board's edge in orange, seen by
+                                           # every quarter of the frame (docs/synthetic-tasks.md)
 
 _LABEL_INSTRUCTION = "initiative|instruction"
 _LABEL_CORRECTION = "initiative|correction"
@@ -238,12 +239,11 @@ def _plan_steps(rng: np.random.Generator, num_steps: tuple[int, int], step_secon
 
 
 def _progress(steps: list[_StepPlan], state: dict[str, str]) -> str:
-    """The step in progress first: the last instruction named it, and the completed ones are the steps before it.
-    A model writing the completed list first has to count them, and a summary that miscounts sends the stream
-    back a step (docs/synthetic-tasks.md, "Summaries")."""
-    done = [s.name for s, st in zip(steps, state.values(), strict=True) if st == "completed"]
+    """The step in progress, which the last instruction named. The completed steps are left to the state the
+    restarted prompt carries: a model writing them miscounted, and a summary that contradicts the state sent the
+    stream to the wrong step (docs/synthetic-tasks.md, "Summaries")."""
     doing = [s.name for s, st in zip(steps, state.values(), strict=True) if st == "in_progress"]
-    return f"In progress: {', '.join(doing) or 'none'}. Completed: {', '.join(done) or 'none'}."
+    return f"In progress: {', '.join(doing) or 'none'}."
 
 
 @dataclass(frozen=True)
@@ -395,6 +395,9 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
         return
     if cue_mark == "ring":  # the moment the mistake shows: an orange ring, as a step's moment shows a white one
         draw.ellipse(ring, outline=_WARNING, width=ring_width)
+    elif cue_mark == "board":  # the board's edge, as wide as the ring
+        board = round(_MARGIN * canvas)
+        draw.rectangle([board, board, canvas - board - 1, canvas - board - 1], outline=_WARNING, width=ring_width)
     else:  # an orange triangle in the lower-left corner
         left, base = x0 + 0.03 * w, y0 + 0.95 * h
         draw.polygon([(left, base), (left + 0.16 * w, base - 0.34 * w), (left + 0.32 * w, base)], fill=_WARNING)
