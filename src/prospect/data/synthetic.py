@@ -356,8 +356,7 @@ def _render_video(rng: np.random.Generator, steps: list[_StepPlan], num_frames: 
     for frame in range(num_frames):
         image = Image.new("RGB", (canvas, canvas), _BACKGROUND)
         draw = ImageDraw.Draw(image)
-        board = round(_MARGIN * canvas)
-        draw.rectangle([board, board, canvas - board - 1, canvas - board - 1], fill=_BOARD)
+        draw.rectangle(_board_box(canvas), fill=_BOARD)
         for slot in range(len(steps)):  # the task's slots only
             x0, y0, x1, y1 = slot_box(slot, canvas)
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=_SLOT_LINE, width=_SUPERSAMPLE)
@@ -371,6 +370,12 @@ def _render_video(rng: np.random.Generator, steps: list[_StepPlan], num_frames: 
         pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.96, 1.04)
         pixels += rng.normal(0.0, noise_std, pixels.shape)
         yield Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _board_box(canvas: int) -> list[int]:
+    """Pixel box [x0, y0, x1, y1] (end inclusive, as PIL draws it) of the board on a canvas of `canvas` pixels."""
+    board = round(_MARGIN * canvas)
+    return [board, board, canvas - board - 1, canvas - board - 1]
 
 
 def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int, canvas: int,
@@ -396,8 +401,7 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
     if cue_mark == "ring":  # the moment the mistake shows: an orange ring, as a step's moment shows a white one
         draw.ellipse(ring, outline=_WARNING, width=ring_width)
     elif cue_mark == "board":  # the board's edge, as wide as the ring
-        board = round(_MARGIN * canvas)
-        draw.rectangle([board, board, canvas - board - 1, canvas - board - 1], outline=_WARNING, width=ring_width)
+        draw.rectangle(_board_box(canvas), outline=_WARNING, width=ring_width)
     else:  # an orange triangle in the lower-left corner
         left, base = x0 + 0.03 * w, y0 + 0.95 * h
         draw.polygon([(left, base), (left + 0.16 * w, base - 0.34 * w), (left + 0.32 * w, base)], fill=_WARNING)
