@@ -81,4 +81,4 @@ def _said(generator: StreamingGenerator, clip: Clip, seq: TokenSequence, memo: F
 def _asks_summary(ids: list[int], request: list[int]) -> bool:
     """Whether a sequence holds the summary request (a cut part's closing one, or a later split's own)."""
     n = len(request)
-    return any(ids[i:i + n] == request for i in range(len(ids) - n, -1, -1))
+    return any(ids[i:i + n] == request for i in range(len(ids) - n + 1))
