@@ -609,7 +609,8 @@ def test_scored_strategies_on_upstreams_dialogs(tiny_dir, files):
 
 
 def _train_and_eval(tmp_path, data: list[str], run: str):
-    """`python train.py +experiment=perframe data=clips ...` for a few steps, then eval.py on its checkpoint."""
+    """`python train.py +experiment=perframe data=clips ...` for a few steps, then eval.py on its checkpoint. The
+    default model (SmolLM2's weights) unless `data` names another: `model=tiny` takes a fifth of the time."""
     from conftest import CONF
     from hydra import compose, initialize_config_dir
 
@@ -649,7 +650,7 @@ def test_train_and_stream_the_forks_clip(files, tmp_path):
     one unit each (4 reference DST units)."""
     name = files["fork"].name
     report = _train_and_eval(tmp_path, [f"data.root={files['fork'].parent}", f"data.files.train={name}",
-                                        f"data.files.val={name}", f"data.files.test={name}"], "fork")
+                                        f"data.files.val={name}", f"data.files.test={name}", "model=tiny"], "fork")
     assert report["none"]["clips"] == 1 and report["none"]["frames"] == 25
     assert report["none"]["dst_matched"] + report["none"]["dst_missed"] == 4
 
@@ -658,6 +659,6 @@ def test_train_and_stream_the_forks_clip(files, tmp_path):
 def test_train_and_stream_dst_files(files, tmp_path):
     name = files["dst"].name
     report = _train_and_eval(tmp_path, [f"data.root={files['dst'].parent}", f"data.files.train={name}",
-                                        f"data.files.val={name}", f"data.files.test={name}"], "dst")
+                                        f"data.files.val={name}", f"data.files.test={name}", "model=tiny"], "dst")
     assert report["none"]["clips"] == 1 and report["none"]["frames"] == 26
     assert math.isfinite(report["none"]["dst_state_accuracy"])
