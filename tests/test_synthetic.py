@@ -115,6 +115,19 @@ def test_dst_updates_apply_and_complete_every_step(dataset):
     assert len(durations) > 3  # transition times are not a fixed rhythm
 
 
+def test_no_two_steps_of_a_task_share_a_word(tmp_path):
+    """Each shape and each colour at most once per task, at the most steps a board holds (6): a step name shares no
+    word with another of its task's, so a reply that copies a word of the wrong step is wrong in every word."""
+    clips = synthesize(tmp_path, 30, seed=5, num_steps=(6, 6), eval_num_steps=(6, 6), image_size=32)
+    shapes, colours = set(), set()
+    for clip in all_clips(clips):
+        pieces = [read_turn(f"Next, {s.name}.") for s in clip.task.steps]
+        assert len(pieces) == 6 and len({p.shape for p in pieces}) == len({p.colour for p in pieces}) == 6, clip.id
+        shapes |= {p.shape for p in pieces}
+        colours |= {p.colour for p in pieces}
+    assert "star" in shapes and "purple" in colours
+
+
 def test_progress_names_the_instructed_step_alone(dataset):
     """A summary is learned as the progress: the step the last instruction named, as the DST events left the state;
     the steps before it are completed, which the state says (docs/synthetic-tasks.md, "Summaries")."""

@@ -25,15 +25,18 @@ from prospect.data.dst import StepUpdate, apply_updates
 from prospect.data.frames import write_arrow_frames
 from prospect.data.timebase import frame_at
 
-VERSION = 4  # of the rendering and events: data written by another version is regenerated
+VERSION = 5  # of the rendering and events: data written by another version is regenerated
 SPLITS = {"train": 0, "val": 1, "test": 2}  # split name -> code in the per-video RNG seed
-SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+# As many shapes and colours as slots: a task uses each at most once, so no two of its step names share a word
+# the model could copy from the wrong step (docs/synthetic-tasks.md, "Step names").
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 COLOURS = {
     "red": (225, 45, 40),
     "green": (50, 185, 70),
     "blue": (55, 95, 235),
     "yellow": (240, 215, 45),
     "pink": (240, 90, 200),
+    "purple": (150, 60, 215),
 }
 GOAL_WORDS = ("sunrise", "harbor", "garden", "rocket", "castle", "meadow", "lantern", "river", "comet", "forest")
 USER_TEMPLATES = ("I want to {goal}.", "Can you help me {goal}?", "Let's {goal} today.")
@@ -219,11 +222,10 @@ def _event_time(rng: np.random.Generator, frame: int, fps: float) -> float:
 def _plan_steps(rng: np.random.Generator, num_steps: tuple[int, int], step_seconds: tuple[float, float],
                 lead: int, fps: float, mistake_prob: float) -> list[_StepPlan]:
     k = int(rng.integers(num_steps[0], num_steps[1] + 1))
-    kinds = rng.choice(len(SHAPES) * len(COLOURS), size=k, replace=False)
     colours = list(COLOURS)
+    shapes, step_colours = rng.permutation(SHAPES)[:k], rng.permutation(colours)[:k]
     steps, start = [], lead
-    for kind in kinds:
-        shape, colour = SHAPES[kind // len(COLOURS)], colours[kind % len(COLOURS)]
+    for shape, colour in zip(shapes.tolist(), step_colours.tolist(), strict=True):
         duration = _frames(rng, step_seconds, fps)
         end = start + duration
         cue = None
@@ -421,6 +423,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         points = [(cx, cy - 1.15 * r), (cx + 1.1 * r, cy + 0.75 * r), (cx - 1.1 * r, cy + 0.75 * r)]
     elif shape == "diamond":
         points = [(cx, cy - 1.1 * r), (cx + 1.1 * r, cy), (cx, cy + 1.1 * r), (cx - 1.1 * r, cy)]
+    elif shape == "star":  # five points, the inner corners at 0.45 of the outer radius
+        points = [(cx + f * np.sin(a), cy - f * np.cos(a))
+                  for i in range(10) for a, f in [(i * np.pi / 5, 1.15 * r if i % 2 == 0 else 0.52 * r)]]
     else:  # cross: a plus sign with arms of half-width t
         t = 0.5 * r
         points = [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
