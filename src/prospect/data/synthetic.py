@@ -411,7 +411,8 @@ def _draw_step(draw: ImageDraw.ImageDraw, slot: int, step: _StepPlan, frame: int
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
                 colour: tuple[int, int, int], *, filled: bool, width: int = 1) -> None:
-    """Shape of radius about `r`; triangle and diamond are drawn larger so every shape has similar area."""
+    """Shape of radius about `r`; triangle and diamond are drawn larger so that they cover about what a circle
+    does; the star covers about half of that."""
     fill, outline = (colour, None) if filled else (None, colour)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
