@@ -425,8 +425,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     elif shape == "diamond":
         points = [(cx, cy - 1.1 * r), (cx + 1.1 * r, cy), (cx, cy + 1.1 * r), (cx - 1.1 * r, cy)]
     elif shape == "star":  # five points, the inner corners at 0.45 of the outer radius
-        points = [(cx + f * np.sin(a), cy - f * np.cos(a))
-                  for i in range(10) for a, f in [(i * np.pi / 5, 1.15 * r if i % 2 == 0 else 0.52 * r)]]
+        radii = (1.15 * r, 0.52 * r)  # corner i, every 36 degrees from the top, alternates point and inner corner
+        points = [(cx + radii[i % 2] * np.sin(i * np.pi / 5), cy - radii[i % 2] * np.cos(i * np.pi / 5))
+                  for i in range(10)]
     else:  # cross: a plus sign with arms of half-width t
         t = 0.5 * r
         points = [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
