@@ -608,9 +608,9 @@ def test_scored_strategies_on_upstreams_dialogs(tiny_dir, files):
     assert records[-1].compressions > 0 and f"Task knowledge: {KNOWLEDGE}" in tok.decode(stream.cache.token_ids)
 
 
-def _train_and_eval(tmp_path, data: list[str], run: str):
-    """`python train.py +experiment=perframe data=clips ...` for a few steps, then eval.py on its checkpoint. The
-    default model (SmolLM2's weights) unless `data` names another: `model=tiny` takes a fifth of the time."""
+def _train_and_eval(tmp_path, data: list[str], run: str, model: str | None = None):
+    """`python train.py +experiment=perframe data=clips ...` for a few steps, then eval.py on its checkpoint; on
+    `model` (a conf/model name) where given, else the default model (SmolLM2's weights)."""
     from conftest import CONF
     from hydra import compose, initialize_config_dir
 
@@ -619,7 +619,8 @@ def _train_and_eval(tmp_path, data: list[str], run: str):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[
-            "+experiment=perframe", "data=clips", *data, f"paths.output_dir={tmp_path / run}",
+            "+experiment=perframe", "data=clips", *data, *([f"model={model}"] if model else []),
+            f"paths.output_dir={tmp_path / run}",
             f"model.backbone.tiny_dir={tmp_path / 'tiny'}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
             "test=false", "callbacks.streaming_validation.encoder=all-MiniLM-L6-v2",
             "+debug=default"])  # +debug=fast is for synthetic data
@@ -650,7 +651,7 @@ def test_train_and_stream_the_forks_clip(files, tmp_path):
     one unit each (4 reference DST units)."""
     name = files["fork"].name
     report = _train_and_eval(tmp_path, [f"data.root={files['fork'].parent}", f"data.files.train={name}",
-                                        f"data.files.val={name}", f"data.files.test={name}", "model=tiny"], "fork")
+                                        f"data.files.val={name}", f"data.files.test={name}"], "fork", "tiny")
     assert report["none"]["clips"] == 1 and report["none"]["frames"] == 25
     assert report["none"]["dst_matched"] + report["none"]["dst_missed"] == 4
 
@@ -659,6 +660,6 @@ def test_train_and_stream_the_forks_clip(files, tmp_path):
 def test_train_and_stream_dst_files(files, tmp_path):
     name = files["dst"].name
     report = _train_and_eval(tmp_path, [f"data.root={files['dst'].parent}", f"data.files.train={name}",
-                                        f"data.files.val={name}", f"data.files.test={name}", "model=tiny"], "dst")
+                                        f"data.files.val={name}", f"data.files.test={name}"], "dst", "tiny")
     assert report["none"]["clips"] == 1 and report["none"]["frames"] == 26
     assert math.isfinite(report["none"]["dst_state_accuracy"])
