@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prospect.model.backbone import load_backbone
-from prospect.stream.cache import CACHE_ARG, CacheState, KVStore
+from prospect.stream.cache import _PIECE_COST, CACHE_ARG, CacheState, KVStore, _pieces
 from prospect.stream.scheduler import TorchMode, _passes
 
 
@@ -85,6 +85,46 @@ def test_rows_appended_in_one_pass_hold_what_each_holds_alone(vlm):
         torch.testing.assert_close(out[row], hidden, rtol=0, atol=1e-5)
         for a, b in zip(buffers(joint), buffers(alone), strict=True):
             torch.testing.assert_close(a[row, :, :8], b[0, :, :8], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, needs, pieces", [
+    # two long caches beside two short: 2 x 1305 + 2 x 55 + 2 pieces' cost < 4 x 1305 + one's: cut after row 1
+    ([0, 1, 2, 3], [1305, 1205, 25, 55], [(0, 2, 0, 1305), (2, 4, 2, 55)]),
+    # 1000 and 900: cutting spares 100 keys, less than a piece costs: one piece
+    ([0, 1], [1000, 900], [(0, 2, 0, 1000)]),
+    # rows 2 and 5 are not consecutive: a piece each, whatever their lengths (their keys are read in place)
+    ([2, 5], [100, 100], [(0, 1, 2, 100), (1, 2, 5, 100)]),
+    ([3], [7], [(0, 1, 3, 7)]),
+])
+def test_pieces(rows, needs, pieces):
+    """How a pass's attention is cut: runs of consecutive rows, each up to its longest cache, where a cut spares
+    more keys than _PIECE_COST."""
+    assert _PIECE_COST == 1024  # the hand-worked costs above
+    assert _pieces(rows, needs) == pieces
+
+
+def test_a_pass_cut_into_pieces_holds_what_each_row_holds_alone(vlm):
+    """Rows holding 1300, 1200, 20 and 50 tokens take chunks of 5, 5, 5 and 2: the pass is cut into pieces (rows 0-1
+    up to 1305 keys, rows 2-3 up to 55), and every row's hidden states and cache equal a single-row store's; then a
+    pass over rows 0, 1 and 3 (row 2 not asking: row 3 is a piece of its own) likewise."""
+    embed = vlm.get_input_embeddings()
+    starts = {0: ids(1300, 8), 1: ids(1200, 9), 2: ids(20, 10), 3: ids(50, 11)}
+    joint = KVStore(vlm, rows=4)
+    alone = {row: KVStore(vlm) for row in starts}
+    for row, start in starts.items():
+        for store, r in ((joint, row), (alone[row], 0)):
+            store.forward({r: (embed(torch.tensor(start)), torch.arange(len(start)))})
+    for seed, chunks in ((12, {0: 5, 1: 5, 2: 5, 3: 2}), (13, {0: 1, 1: 3, 3: 4})):
+        chunks = {row: ids(n, seed + row) for row, n in chunks.items()}
+        before = dict(enumerate(joint.lengths))
+        out = joint.forward({row: (embed(torch.tensor(c)), torch.arange(before[row], before[row] + len(c)))
+                             for row, c in chunks.items()})
+        for row, c in chunks.items():
+            hidden = alone[row].forward({0: (embed(torch.tensor(c)), torch.arange(before[row], before[row] + len(c)))})
+            torch.testing.assert_close(out[row], hidden[0], rtol=0, atol=1e-5)
+            n = joint.lengths[row]
+            for a, b in zip(buffers(joint), buffers(alone[row]), strict=True):
+                torch.testing.assert_close(a[row, :, :n], b[0, :, :n], rtol=0, atol=1e-5)
 
 
 class Recorder:

@@ -5,7 +5,9 @@ A `KVStore` holds the keys and values of one or more streams, one row each, in o
 pass appends a chunk of tokens to any number of rows: each row's chunk goes to that row's next columns, the
 chunks right-padded to the longest, under a 4D mask by which every token sees its row's cached tokens and the
 earlier tokens of its chunk only. Pad tokens land past the row's length, where its next chunk overwrites them.
-Nothing is copied per step but the new tokens, whatever the batch (a pass over some of the rows gathers theirs).
+Nothing is copied per step but the new tokens, whatever the batch: each layer attends over pieces of consecutive
+rows read in place, each up to the longest cache among its rows (so a short cache beside a long one attends to no
+padding).
 The store is a transformers `Cache` (one `StoreLayer` per attention layer, its `keys` and `values` the buffers
 above); its passes run with the attention the model was loaded with, which must be prospect's
 (`attn_implementation=STREAM_ATTENTION`, prospect.model.attention): each layer hands it the pass's `kv_pass`. A pass
@@ -73,12 +75,12 @@ class StoreLayer(CacheLayerMixin):
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         """Called by the attention layer inside `KVStore.forward`: write the chunks' keys and values [B, kv_heads, n,
-        head_dim] at their rows' next columns; the keys and values to attend over."""
+        head_dim] at their rows' next columns; the whole buffers, which the pass cuts into the pieces each layer's
+        attention runs on (`_Pass.__call__`)."""
         step = self.store.running()
         for buffer, new in ((self.keys, key_states), (self.values, value_states)):
             buffer[step.rows[:, None], :, step.columns] = new.transpose(1, 2).to(buffer.dtype)  # [B, n, kv, dim]
-        k, v = self.keys[..., :step.kv_length, :], self.values[..., :step.kv_length, :]
-        return (k[step.rows], v[step.rows]) if step.subset else (k, v)
+        return self.keys, self.values
 
     def get_seq_length(self) -> int:
         """What transformers numbers new tokens from when no positions are given (the store's are always)."""
@@ -94,21 +96,56 @@ class StoreLayer(CacheLayerMixin):
     get_max_cache_shape = get_max_length
 
 
+# what one more attention call costs, in keys of one row attended (a piece is worth cutting when it spares more):
+# on a CPU an sdpa call's overhead is about that of a row attending 1k more keys
+_PIECE_COST = 1024
+
+
 class _Pass:
-    """One KVStore.forward while it runs: its rows [B], whether they are a subset of the store's, their write
-    columns [B, n] and the kv length; called by every layer's attention (`kv_pass`, prospect.model.attention),
-    it counts the layers and adds the attention of the observed batch entries to `totals`."""
+    """One KVStore.forward while it runs: its store rows [B] (ascending), their write columns [B, n] and the kv
+    length; called by every layer's attention (`kv_pass`, prospect.model.attention), it adds the attention of the
+    observed batch entries to `totals` and cuts the batch into pieces (`_pieces`)."""
 
-    def __init__(self, rows: Tensor, subset: bool, columns: Tensor, kv_length: int, observed: list[int],
-                 sizes: Tensor):
-        self.rows, self.subset, self.columns, self.kv_length = rows, subset, columns, kv_length
-        self.observed, self.sizes, self.layers = observed, sizes, 0
-        self.totals = torch.zeros(len(observed), kv_length, device=rows.device)  # [b, kv] over layers and heads
+    def __init__(self, rows: list[int], columns: Tensor, kv_length: int, observed: list[int], sizes: Tensor,
+                 device: torch.device):
+        self.rows, self.columns, self.kv_length = torch.tensor(rows, device=device), columns.to(device), kv_length
+        self.observed, self.sizes = observed, sizes
+        self.totals = torch.zeros(len(observed), kv_length, device=device)  # [b, kv] over layers and heads
+        self.pieces = _pieces(rows, (columns[:, -1] + 1).tolist())
 
-    def __call__(self, query: Tensor, key: Tensor, mask: Tensor, scaling: float) -> None:
-        self.layers += 1
+    def __call__(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scaling: float) -> list:
+        """The layer's pieces (attention.Piece) from the store's buffers `keys`, `values` [rows, kv_heads,
+        capacity, head_dim]: each a run of rows read in place, up to the longest cache among them."""
         if self.observed:
-            _observe(self.observed, self.sizes, self.totals, query, key, mask, scaling)
+            index = torch.tensor(self.observed, device=query.device)
+            _observe(self.sizes, self.totals, query[index], keys[self.rows[index], :, :self.kv_length], mask[index],
+                     scaling)
+        return [(query[a:b], keys[r:r + b - a, :, :length], values[r:r + b - a, :, :length], mask[a:b, ..., :length])
+                for a, b, r, length in self.pieces]
+
+
+def _pieces(rows: list[int], needs: list[int]) -> list[tuple[int, int, int, int]]:
+    """The batch entries (whose store `rows` ascend) cut into pieces (first entry, end, first row, kv length) of
+    consecutive rows, each attending up to the longest `needs` among them (a row's cached tokens and its chunk):
+    a short cache in the pass of a long one attends to no padding, and no row's keys are copied. The cut that
+    minimises the keys attended plus _PIECE_COST per piece (dynamic programming over the entries)."""
+    best = [0.0] + [float("inf")] * len(rows)  # best[j]: the cost of entries 0..j-1
+    start = [0] * (len(rows) + 1)
+    for j in range(1, len(rows) + 1):
+        longest = 0
+        for i in range(j - 1, -1, -1):  # the last piece is entries i..j-1
+            if i < j - 1 and rows[i + 1] != rows[i] + 1:
+                break
+            longest = max(longest, needs[i])
+            cost = best[i] + (j - i) * longest + _PIECE_COST
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    pieces, j = [], len(rows)
+    while j:
+        i = start[j]
+        pieces.append((i, j, rows[i], max(needs[i:j])))
+        j = i
+    return pieces[::-1]
 
 
 class KVStore(Cache):
@@ -145,6 +182,11 @@ class KVStore(Cache):
         {row: the chunk's last hidden states [n, H]}. For the rows in `observing`, `observed[row]` becomes the
         attention the chunk's tokens paid to each of the row's tokens (theirs included), averaged over layers, heads
         and the chunk's tokens."""
+        attention = self.vlm.model.text_model.config._attn_implementation
+        if attention != STREAM_ATTENTION:  # the pieces of a pass are cut for prospect's attention alone
+            raise AttentionError(f"the text model runs {attention!r} attention, not the store's: load the model with "
+                                 f"attn_implementation={STREAM_ATTENTION!r} (prospect.model.attention; load_backbone's "
+                                 "default)")
         rows = sorted(chunks)
         lengths = torch.tensor([self.lengths[r] for r in rows])  # [B]
         sizes = [len(chunks[r][0]) for r in rows]
@@ -160,19 +202,14 @@ class KVStore(Cache):
         allowed = torch.arange(kv_length) <= columns[..., None]
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
         observed = [i for i, r in enumerate(rows) if r in self.observing]  # batch entries whose attention is kept
-        subset = rows != list(range(len(self.lengths)))  # a pass over some rows gathers their cache
-        self._pass = step = _Pass(torch.tensor(rows, device=device), subset, columns.to(device), kv_length, observed,
-                                  torch.tensor(sizes)[observed].to(device))
+        self._pass = step = _Pass(rows, columns, kv_length, observed, torch.tensor(sizes)[observed].to(device),
+                                  device)
         try:
             out = self.vlm.model.text_model(inputs_embeds=embeds.to(device), attention_mask=mask.to(device),
                                               position_ids=positions.to(device), use_cache=True, kv_pass=step,
                                               **{CACHE_ARG: self})
         finally:
             self._pass = None
-        if step.layers != len(self.layers):
-            raise AttentionError(f"the text model's attention ran {step.layers} of {len(self.layers)} layers the "
-                                 f"store's way: load the model with attn_implementation={STREAM_ATTENTION!r} "
-                                 "(prospect.model.attention; load_backbone's default)")
         for r, s in zip(rows, sizes, strict=True):
             self.lengths[r] += s
         heads = self.vlm.config.text_config.num_attention_heads
@@ -211,16 +248,15 @@ class KVStore(Cache):
         self.lengths[row] = 0
 
 
-def _observe(batch: list[int], sizes: Tensor, totals: Tensor, query: Tensor, key: Tensor, mask: Tensor,
-             scaling: float) -> None:
-    """Add one layer's attention weights of the batch entries `batch` (their first `sizes` queries, the real tokens
-    of their chunks), summed over heads and queries, to `totals` [len(batch), kv]: softmax(q k^T * scaling + mask)
-    as the attention computes it, in float32, with each key shared by its group of query heads."""
-    index = torch.tensor(batch, device=query.device)
-    q, k = query[index].float(), key[index].float()  # [b, heads, n, head_dim], [b, kv_heads, kv, head_dim]
+def _observe(sizes: Tensor, totals: Tensor, query: Tensor, key: Tensor, mask: Tensor, scaling: float) -> None:
+    """Add one layer's attention weights of some batch entries (their query [b, heads, n, head_dim], keys [b,
+    kv_heads, kv, head_dim] and mask [b, 1, n, kv]; their first `sizes` queries, the real tokens of their chunks),
+    summed over heads and queries, to `totals` [b, kv]: softmax(q k^T * scaling + mask) as the attention computes
+    it, in float32, with each key shared by its group of query heads."""
+    q, k = query.float(), key.float()
     b, heads, n, head_dim = q.shape
     logits = q.view(b, k.shape[1], heads // k.shape[1], n, head_dim) @ k[:, :, None].transpose(-1, -2) * scaling
-    weights = (logits + mask[index][:, :, None].float()).softmax(-1).sum((1, 2))  # [b, n, kv]
+    weights = (logits + mask[:, :, None].float()).softmax(-1).sum((1, 2))  # [b, n, kv]
     real = torch.arange(n, device=query.device) < sizes[:, None]  # [b, n]
     totals += (weights * real[..., None]).sum(1)
 
