@@ -24,14 +24,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The main job on the embedded default (synthetic data + SmolLM2's pretrained weights, built on first use):
-# train (one epoch: no streaming validation to pick an epoch by, eval.py streams the val split next), then
+# train (one epoch: no streaming validation to pick an epoch by, eval.py streams the val split next; no
+# teacher-forced test either, eval.py streams the test split and scores the replies after restarts teacher-forced), then
 # evaluate the checkpoint by streaming the test split at every setting in bf16 (thresholds calibrated on 3 val
 # clips at `none`, applied to every setting: the speaking threshold of eval.yaml's grid, DST's at 0.5, whose head
 # is sharp; the 40 streams of the test split, 10 clips x 4 settings, in one batch), and export it (docs/export.md)
 # with those thresholds.
 DEMO := outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 demo: $(STAMP)
-	$(BIN)/python train.py +experiment=perframe hydra.run.dir=$(DEMO)/train \
+	$(BIN)/python train.py +experiment=perframe hydra.run.dir=$(DEMO)/train test=false \
 		callbacks.streaming_validation.num_clips=0 callbacks.model_checkpoint.monitor=val/speaking_auroc
 	ckpt=$$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/train/metrics.json'))['checkpoint'])") && \
 	$(BIN)/python eval.py hydra.run.dir=$(DEMO)/eval ckpt_path=$$ckpt stream.dtype=bfloat16 stream.batch_size=40 \
