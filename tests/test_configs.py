@@ -124,7 +124,7 @@ def test_the_default_run_is_the_pretrained_model():
     assert (cfg["trainer"]["max_epochs"], cfg["trainer"]["precision"]) == (1, "bf16-mixed")
     assert cfg["loss"]["balance"] == "plain"  # every frame weighs the same (docs/design.md, Losses)
     d = cfg["data"]
-    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (32, 640, 0.5)
+    assert (d["num_videos"], d["restart_len"], d["restart_share"]) == (42, 640, 0.5)
     assert (d["synthetic"]["num_steps"], d["synthetic"]["cue_mark"]) == ([6, 6], "board")  # docs/synthetic-tasks.md
     assert resolved([], "eval")["model"] == resolved(["model=smolvlm_256m_local"])["model"]
 
@@ -155,7 +155,7 @@ def test_every_model_and_data_choice_composes(experiment):
             assert m["net"]["lora_dropout"] == 0.05 and m["net"]["head"] == "linear", name
             assert d["_target_"] == "prospect.data.datamodule.ProspectDataModule" and d["seed"] == cfg["seed"], name
             if data == "synthetic":
-                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 32, name
+                assert d["root"] == f"{REPO}/data/synthetic" and d["num_videos"] == 42, name
                 assert d["synthetic"]["val_videos"] == 5 and d["restart_share"] == 0.5, name
             else:  # clip files: nothing of the synthetic generator
                 assert d["root"] == "/clips" and "synthetic" not in d and "num_videos" not in d, name
