@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from transformers import Cache, CacheLayerMixin, LlamaModel, SmolVLMForConditionalGeneration
 
-from prospect.model.attention import STREAM_ATTENTION
+from prospect.model.attention import STREAM_ATTENTION, Piece
 from prospect.model.vision import embed_with_frames
 
 # transformers 5.24 renamed the models' `past_key_values=` argument to `cache=` (the old name is deprecated until
@@ -96,8 +96,8 @@ class StoreLayer(CacheLayerMixin):
     get_max_cache_shape = get_max_length
 
 
-# what one more attention call costs, in keys of one row attended (a piece is worth cutting when it spares more):
-# on a CPU an sdpa call's overhead is about that of a row attending 1k more keys
+# what one more attention call costs, in keys of one row attended: a piece is worth cutting when it spares more
+# (an estimate of an sdpa call's fixed cost on a CPU; README, Streaming, has what the pieces saved)
 _PIECE_COST = 1024
 
 
@@ -113,7 +113,7 @@ class _Pass:
         self.totals = torch.zeros(len(observed), kv_length, device=device)  # [b, kv] over layers and heads
         self.pieces = _pieces(rows, (columns[:, -1] + 1).tolist())
 
-    def __call__(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scaling: float) -> list:
+    def __call__(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor, scaling: float) -> list[Piece]:
         """The layer's pieces (attention.Piece) from the store's buffers `keys`, `values` [rows, kv_heads,
         capacity, head_dim]: each a run of rows read in place, up to the longest cache among them."""
         if self.observed:
