@@ -42,9 +42,8 @@ def stream_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value:
     if kv_pass is None:
         return AttentionInterface()["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
                                             dropout=dropout, **kwargs)
-    outs = []
+    outs, gqa = [], query.device.type == "cpu"
     for q, k, v, mask in kv_pass(query, key, value, attention_mask, scaling):
-        gqa = q.device.type == "cpu"
         if not gqa:
             groups = q.shape[1] // k.shape[1]
             k, v = repeat_kv(k, groups), repeat_kv(v, groups)
